@@ -1,0 +1,114 @@
+"""The base class every Caffe layer derives from.
+
+A layer mirrors Caffe's Layer: it is built from its LayerParameter and the
+net's phase, `setup` creates its parameter blobs from the bottom shapes
+(LayerSetUp), `reshape` returns its top shapes (Reshape) so the net can log
+and check shapes exactly as Caffe does, and `forward` computes the tops with
+torch ops. Backward is autograd; a layer whose Caffe gradient is not the exact
+derivative of its forward uses a torch.autograd.Function for it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from caffe_ft.errors import CaffeError
+from caffe_ft.fillers import fill
+from caffe_ft.proto import caffe_pb2
+
+Shape = tuple[int, ...]
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+
+class Layer(nn.Module):
+    # Loss layers get a default loss_weight of 1 on top 0 and cannot
+    # backpropagate to their label bottom (Caffe's LossLayer).
+    is_loss: bool = False
+    # (min, max) bottom and top counts; None means unbounded.
+    bottoms: tuple[int, int | None] = (1, 1)
+    tops: tuple[int, int | None] = (1, 1)
+
+    def __init__(self, param: caffe_pb2.LayerParameter, phase: int) -> None:
+        super().__init__()
+        self.param = param
+        self.phase = phase
+        self.blobs = nn.ParameterList()
+        # Shapes a PERMISSIVE param share asks for (blob index → shape).
+        self.blob_views: dict[int, Shape] = {}
+        self._check_counts()
+
+    # -- to override ---------------------------------------------------
+    def setup(self, bottom_shapes: Sequence[Shape]) -> None:
+        """Create the parameter blobs (Caffe's LayerSetUp). Default: none."""
+
+    def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
+        """Return the top shapes for these bottom shapes (Caffe's Reshape).
+        Default: one top shaped like bottom 0."""
+        return [tuple(bottom_shapes[0])]
+
+    def forward(self, *bottoms: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def allow_force_backward(self, bottom_index: int) -> bool:
+        """Whether force_backward may make this bottom get a gradient."""
+        return not (self.is_loss and bottom_index == 1)
+
+    def num_auto_tops(self) -> int:
+        """How many tops the layer needs even if the prototxt names fewer
+        (Caffe's AutoTopBlobs: a loss layer always outputs its loss)."""
+        return 1 if self.is_loss else 0
+
+    # -- helpers for subclasses ----------------------------------------
+    @property
+    def name(self) -> str:
+        return self.param.name
+
+    @property
+    def num_tops(self) -> int:
+        return max(len(self.param.top), self.num_auto_tops())
+
+    def blob(self, index: int) -> torch.Tensor:
+        """Parameter blob `index` in this layer's own shape (use in forward)."""
+        shape = self.blob_views.get(index)
+        tensor = self.blobs[index]
+        return tensor if shape is None else tensor.view(shape)
+
+    def add_blob(self, shape: Sequence[int], filler: caffe_pb2.FillerParameter | None = None,
+                 trainable: bool = True) -> nn.Parameter:
+        """Append a parameter blob, filled by Caffe's filler (default constant 0).
+        A blob given inline in the prototxt (`blobs {}`) replaces the fill."""
+        index = len(self.blobs)
+        data = torch.zeros(tuple(int(d) for d in shape), dtype=torch.float32)
+        if index < len(self.param.blobs):
+            from caffe_ft.blobs import blob_proto_to_tensor
+            inline = blob_proto_to_tensor(self.param.blobs[index])
+            if inline.numel() != data.numel():
+                raise self.error(f"inline blob {index} has {inline.numel()} values, "
+                                 f"expected shape {list(data.shape)}")
+            data.copy_(inline.reshape(data.shape))
+        else:
+            fill(data, filler if filler is not None else caffe_pb2.FillerParameter())
+        blob = nn.Parameter(data, requires_grad=trainable)
+        self.blobs.append(blob)
+        return blob
+
+    def error(self, message: str) -> CaffeError:
+        return CaffeError(f"Layer '{self.name}' ({self.param.type}): {message}")
+
+    def canonical_axis(self, axis: int, num_axes: int) -> int:
+        """Caffe's CanonicalAxisIndex: negative axes count from the end."""
+        if not -num_axes <= axis < max(num_axes, 1):
+            raise self.error(f"axis {axis} out of range for a {num_axes}-D blob")
+        return axis + num_axes if axis < 0 else axis
+
+    def _check_counts(self) -> None:
+        for what, given, (low, high) in (("bottom", len(self.param.bottom), self.bottoms),
+                                         ("top", len(self.param.top), self.tops)):
+            if what == "top" and given < low and self.num_auto_tops() >= low:
+                continue
+            if given < low or (high is not None and given > high):
+                want = f"{low}" if low == high else f"{low}..{high if high is not None else 'n'}"
+                raise self.error(f"takes {want} {what} blob(s), got {given}")

@@ -1,0 +1,1 @@
+"""Layer family module (being written)."""

@@ -1,0 +1,129 @@
+"""Copying trained weights into a net by layer name, and saving a net as a
+V2 .caffemodel (Caffe's CopyTrainedLayersFrom and ToProto).
+
+Layers the file lacks keep their filler init; that is what makes renamed
+classifier heads train from scratch while the rest is fine-tuned. The load
+report logs which layers were copied, freshly initialized or ignored.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from caffe_ft.blobs import array_to_blob_proto, blob_proto_to_array, legacy_shape, shape_string
+from caffe_ft.errors import CaffeError
+from caffe_ft.log import logger
+from caffe_ft.net.net import Net
+from caffe_ft.proto import caffe_pb2
+from caffe_ft.protofile import write_binary
+
+
+@dataclass
+class LoadReport:
+    source: str
+    copied: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)   # source layers with no target
+    fresh: list[str] = field(default_factory=list)     # target layers with params left at filler init
+
+    def table(self) -> str:
+        rows = ([("copied", name) for name in self.copied] +
+                [("filler init (not in file)", name) for name in self.fresh] +
+                [("ignored (not in net)", name) for name in self.ignored])
+        width = max((len(status) for status, _ in rows), default=6)
+        lines = [f"Weights from {self.source}: {len(self.copied)} copied, "
+                 f"{len(self.fresh)} freshly initialized, {len(self.ignored)} ignored",
+                 f"  {'status'.ljust(width)}  layer"]
+        lines += [f"  {status.ljust(width)}  {name}" for status, name in rows]
+        return "\n".join(lines)
+
+
+def _shape_matches(blob: caffe_pb2.BlobProto, target: tuple[int, ...]) -> bool:
+    legacy = legacy_shape(blob)
+    if legacy is not None:
+        # Old files store N×K as 1×1×N×K: compare with the target padded by 1s.
+        return len(target) <= 4 and tuple(legacy) == (1,) * (4 - len(target)) + target
+    return tuple(int(d) for d in blob.shape.dim) == target
+
+
+def _proto_shape_string(blob: caffe_pb2.BlobProto) -> str:
+    legacy = legacy_shape(blob)
+    return shape_string(legacy if legacy is not None else tuple(int(d) for d in blob.shape.dim))
+
+
+def copy_trained_layers(net: Net, source: caffe_pb2.NetParameter, path: str) -> LoadReport:
+    """Copy every source layer's blobs into the net layer of the same name."""
+    report = LoadReport(path)
+    targets = {layer.name: layer for layer in net.layers}
+    for src in source.layer:
+        target = targets.get(src.name)
+        if target is None:
+            logger.info("Ignoring source layer %s", src.name)
+            report.ignored.append(src.name)
+            continue
+        logger.info("Copying source layer %s", src.name)
+        if len(src.blobs) != len(target.blobs):
+            raise CaffeError(f"{path}: Incompatible number of blobs for layer {src.name} "
+                             f"(file has {len(src.blobs)}, net expects {len(target.blobs)})")
+        for j, blob in enumerate(src.blobs):
+            wanted = tuple(target.blob(j).shape)
+            if not _shape_matches(blob, wanted):
+                raise CaffeError(
+                    f"Cannot copy param {j} weights from layer '{src.name}'; shape mismatch.  "
+                    f"Source param shape is {_proto_shape_string(blob)}; target param shape is "
+                    f"{shape_string(wanted)}. To learn this layer's parameters from scratch "
+                    f"rather than copying from a saved net, rename the layer.")
+            values = np.asarray(blob.double_data if len(blob.double_data) else blob.data,
+                                dtype=np.float32)
+            with torch.no_grad():
+                target.blobs[j].copy_(torch.from_numpy(values).reshape(target.blobs[j].shape))
+        report.copied.append(src.name)
+    loaded = set(report.copied)
+    report.fresh = [layer.name for layer in net.layers if len(layer.blobs) and
+                    layer.name not in loaded]
+    return report
+
+
+def copy_trained_layers_from(net: Net, path: str) -> LoadReport:
+    """Load a .caffemodel (binary, any proto version; or HDF5) into `net`."""
+    if _is_hdf5(path):
+        from caffe_ft.hdf5 import read_hdf5_weights
+        report = read_hdf5_weights(net, path)
+    else:
+        from caffe_ft.upgrade import read_net_binary
+        report = copy_trained_layers(net, read_net_binary(path), path)
+    logger.info("%s", report.table())
+    return report
+
+
+def _is_hdf5(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8) == b"\x89HDF\r\n\x1a\n"
+    except FileNotFoundError:
+        raise CaffeError(f"Weights file not found: {path}") from None
+
+
+def net_to_proto(net: Net, write_diff: bool = False) -> caffe_pb2.NetParameter:
+    """The net as Caffe's ToProto writes it: every layer (with inserted
+    Splits, inherited phase and default loss weights) and its blobs."""
+    out = caffe_pb2.NetParameter()
+    out.name = net.name
+    for lp, layer in zip(net.layer_params.layer, net.layers):
+        saved = out.layer.add()
+        saved.CopyFrom(lp)
+        del saved.blobs[:]
+        for j in range(len(layer.blobs)):
+            value = layer.blob(j)
+            diff = None
+            if write_diff:
+                grad = layer.blobs[j].grad
+                diff = (grad.view(value.shape) if grad is not None else torch.zeros_like(value))
+            saved.blobs.append(array_to_blob_proto(value, diff))
+    return out
+
+
+def save_caffemodel(net: Net, path: str | os.PathLike[str], write_diff: bool = False) -> None:
+    write_binary(path, net_to_proto(net, write_diff))

@@ -1,2 +1,19 @@
-"""caffe_ft: Caffe-compatible fine-tuning on PyTorch."""
+"""caffe_ft: Caffe-compatible fine-tuning on PyTorch.
+
+`import caffe_ft as caffe` gives pycaffe's API: caffe.Net, caffe.TRAIN/TEST,
+caffe.set_mode_cpu/gpu, caffe.io, caffe.Layer for Python layers.
+"""
+from caffe_ft import io
+from caffe_ft.pycaffe import (
+    TEST,
+    TRAIN,
+    Net,
+    set_device,
+    set_mode_cpu,
+    set_mode_gpu,
+    set_random_seed,
+)
+
 __version__ = "0.1.0"
+__all__ = ["Net", "TRAIN", "TEST", "io", "set_device", "set_mode_cpu", "set_mode_gpu",
+           "set_random_seed", "__version__"]

@@ -61,6 +61,16 @@ class Layer(nn.Module):
         (Caffe's AutoTopBlobs: a loss layer always outputs its loss)."""
         return 1 if self.is_loss else 0
 
+    def persistent_top(self, index: int) -> torch.Tensor | None:
+        """The tensor a source layer (Input, MemoryData) returns for top
+        `index` on every forward, so users can write it beforehand; None for
+        layers that compute their tops."""
+        return None
+
+    def reshape_persistent_top(self, index: int, shape: Shape) -> None:
+        raise self.error(f"top {index} is computed by the layer and cannot be reshaped "
+                         f"directly; reshape the net's input blobs instead")
+
     # -- helpers for subclasses ----------------------------------------
     @property
     def name(self) -> str:

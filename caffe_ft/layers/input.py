@@ -31,9 +31,12 @@ class Input(Layer):
     def top_buffer(self, index: int) -> torch.Tensor:
         return getattr(self, f"top{index}")
 
-    def set_top_buffer(self, index: int, value: torch.Tensor) -> None:
-        """Replace input top `index` (pycaffe's blob.reshape / direct assignment)."""
-        setattr(self, f"top{index}", value)
+    def persistent_top(self, index: int) -> torch.Tensor:
+        return self.top_buffer(index)
+
+    def reshape_persistent_top(self, index: int, shape: Shape) -> None:
+        old = self.top_buffer(index)
+        setattr(self, f"top{index}", torch.zeros(shape, dtype=old.dtype, device=old.device))
 
     def forward(self) -> list[torch.Tensor]:
         return [self.top_buffer(j) for j in range(len(self.param.top))]

@@ -70,6 +70,7 @@ class Net(nn.Module):
         self.bottom_detach: list[list[bool]] = []
         self.loss_tops: list[tuple[str, float]] = []
         self.blob_shapes: dict[str, Shape] = {}
+        self.blob_producer: dict[str, tuple[int, int]] = {}  # first (layer, top) to write it
         self.learnable_params: list[LearnableParam] = []
         self.layer_need_backward: list[bool] = []
         # id(owner blob) → whether its lr_mult / decay_mult were set explicitly.
@@ -117,7 +118,8 @@ class Net(nn.Module):
             if len(top_shapes) < len(tops):
                 raise layer.error(f"produced {len(top_shapes)} top shape(s) for {len(tops)} tops")
             weights = self._loss_weights(layer, lp, len(tops))
-            for name, shape, weight in zip(tops, top_shapes, weights):
+            for j, (name, shape, weight) in enumerate(zip(tops, top_shapes, weights)):
+                self.blob_producer.setdefault(name, (i, j))
                 self.blob_shapes[name] = tuple(shape)
                 logger.info("Top shape: %s", shape_string(shape))
                 if weight:
@@ -263,9 +265,40 @@ class Net(nn.Module):
         if value is None:
             if name not in self.blob_shapes:
                 raise CaffeError(f"Net '{self.name}' has no blob named '{name}'")
-            value = torch.zeros(self.blob_shapes[name], device=self._device())
+            layer, top = self.blob_producer[name]
+            value = self.layers[layer].persistent_top(top)
+            if value is None:
+                value = torch.zeros(self.blob_shapes[name], device=self._device())
             self._values[name] = value
         return value
+
+    def reshape_input(self, name: str, shape: Shape) -> None:
+        """Give a source layer's top (an Input blob) a new shape, zero-filled."""
+        if name not in self.blob_producer:
+            raise CaffeError(f"Net '{self.name}' has no blob named '{name}'")
+        layer, top = self.blob_producer[name]
+        self.layers[layer].reshape_persistent_top(top, shape)
+        self._values.pop(name, None)
+        self.blob_shapes[name] = shape
+        self.reshape_all()
+
+    def share_trained_layers_with(self, other: Net) -> None:
+        """Point this net's params at `other`'s, by layer name (Caffe's
+        ShareTrainedLayersWith, used to give test nets the train weights)."""
+        sources = {layer.name: layer for layer in other.layers}
+        for layer in self.layers:
+            source = sources.get(layer.name)
+            if source is None or not len(layer.blobs):
+                continue
+            if len(source.blobs) != len(layer.blobs):
+                raise CaffeError(f"Incompatible number of blobs for layer {layer.name}")
+            for j in range(len(layer.blobs)):
+                if tuple(source.blobs[j].shape) != tuple(layer.blobs[j].shape):
+                    raise CaffeError(
+                        f"Cannot share param {j} weights from layer '{layer.name}'; shape "
+                        f"mismatch.  Source param shape is {shape_string(source.blobs[j].shape)}"
+                        f"; target param shape is {shape_string(layer.blobs[j].shape)}")
+                layer.blobs[j] = source.blobs[j]
 
     def set_blob(self, name: str, value: torch.Tensor) -> None:
         self._values[name] = value

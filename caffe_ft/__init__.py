@@ -4,6 +4,7 @@
 caffe.set_mode_cpu/gpu, caffe.io, caffe.Layer for Python layers.
 """
 from caffe_ft import io
+from caffe_ft.layers.python_layer import PythonLayerBase as Layer
 from caffe_ft.pycaffe import (
     TEST,
     TRAIN,
@@ -15,5 +16,5 @@ from caffe_ft.pycaffe import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["Net", "TRAIN", "TEST", "io", "set_device", "set_mode_cpu", "set_mode_gpu",
+__all__ = ["Layer", "Net", "TRAIN", "TEST", "io", "set_device", "set_mode_cpu", "set_mode_gpu",
            "set_random_seed", "__version__"]

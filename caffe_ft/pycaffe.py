@@ -100,7 +100,7 @@ class Blob:
     width = property(lambda self: self._legacy(3))
 
     def reshape(self, *shape: int) -> None:
-        """Reshape an input blob; call net.reshape() (or forward) to propagate."""
+        """Reshape an input blob; net.reshape() then propagates the shapes."""
         self._net.reshape_input(self._name, tuple(int(d) for d in shape))
 
 

@@ -213,8 +213,9 @@ def test_recurrent_shape_checks() -> None:
         build(recurrent("RNN", bottoms='bottom: "x" bottom: "cont" propagate_down: true '
                                        'propagate_down: true'), {"x": (3, 2, 4), "cont": (3, 2)})
     net = build(recurrent("LSTM"), {"x": (3, 2, 4), "cont": (3, 2)})
+    net.reshape_input("x", (4, 2, 4))
     with pytest.raises(CaffeError, match="input number of timesteps changed"):
-        net.reshape_input("x", (4, 2, 4))
+        net.reshape_all()
 
 
 def test_batch_size_may_change_between_forwards() -> None:

@@ -129,7 +129,7 @@ class Net(nn.Module):
                 if not name.startswith(AUTO_TOP):
                     self._available.add(name)
             logger.info("Memory required for data: %d", memory * 4)
-            self._setup_params(i, layer, lp, param_owner)
+            param_need = self._setup_params(i, layer, lp, param_owner)
 
             propagate = list(lp.propagate_down)
             if propagate and len(propagate) != len(bottoms):
@@ -142,10 +142,12 @@ class Net(nn.Module):
                 if propagate:
                     wants = propagate[j]
                 detach.append(not wants)
-            need = (any(not d for d in detach) or any(p.requires_grad for p in layer.blobs)
-                    or self.force_backward)
+            # force_backward makes layers run backward and lets allowed bottoms
+            # get diffs, but (as in Caffe) does not by itself mark their tops.
+            need = any(not d for d in detach) or param_need
             for name in tops:
                 blob_needs_backward[name] = need or blob_needs_backward.get(name, False)
+            need = need or self.force_backward
             self.layer_need_backward.append(need)
             logger.info("%s %s backward computation.", lp.name,
                         "needs" if need else "does not need")
@@ -164,9 +166,13 @@ class Net(nn.Module):
         return weights or [0.0] * num_tops
 
     def _setup_params(self, index: int, layer: Layer, lp: caffe_pb2.LayerParameter,
-                      owners: dict[str, tuple[int, int]]) -> None:
+                      owners: dict[str, tuple[int, int]]) -> bool:
+        """Set up sharing and gradients of the layer's blobs; return whether
+        any of them is learned (lr_mult != 0), which makes the layer need backward."""
+        learned = False
         for p, blob in enumerate(layer.blobs):
             spec = lp.param[p] if p < len(lp.param) else caffe_pb2.ParamSpec()
+            learned = learned or (spec.lr_mult != 0 and blob.requires_grad)
             propagate = spec.lr_mult != 0 or self.force_backward
             if spec.name and spec.name in owners:
                 self._share_param(layer, lp, p, spec, owners[spec.name], propagate)
@@ -177,6 +183,7 @@ class Net(nn.Module):
             self.learnable_params.append(LearnableParam(
                 lp.name, p, blob, spec.lr_mult, spec.decay_mult))
             self._explicit_mults[id(blob)] = (spec.HasField("lr_mult"), spec.HasField("decay_mult"))
+        return learned
 
     def _share_param(self, layer: Layer, lp: caffe_pb2.LayerParameter, p: int,
                      spec: caffe_pb2.ParamSpec, owner_at: tuple[int, int], propagate: bool) -> None:
@@ -280,7 +287,6 @@ class Net(nn.Module):
         self.layers[layer].reshape_persistent_top(top, shape)
         self._values.pop(name, None)
         self.blob_shapes[name] = shape
-        self.reshape_all()
 
     def share_trained_layers_with(self, other: Net) -> None:
         """Point this net's params at `other`'s, by layer name (Caffe's

@@ -14,6 +14,7 @@ from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
 
 FillerParameter = caffe_pb2.FillerParameter
+KNOWN = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra", "bilinear")
 
 
 def _fans(blob: torch.Tensor) -> tuple[float, float]:
@@ -36,6 +37,8 @@ def _scale_n(blob: torch.Tensor, filler: FillerParameter) -> float:
 def fill(blob: torch.Tensor, filler: FillerParameter) -> torch.Tensor:
     """Fill `blob` in place as Caffe's filler of `filler.type` would."""
     kind = filler.type
+    if kind not in KNOWN:
+        raise CaffeError(f"Unknown filler type: {kind} (known: {', '.join(KNOWN)})")
     if filler.sparse != -1 and kind != "gaussian":
         raise CaffeError(f"Filler '{kind}' does not support sparse (only gaussian does)")
     if blob.numel() == 0:
@@ -43,17 +46,26 @@ def fill(blob: torch.Tensor, filler: FillerParameter) -> torch.Tensor:
     if kind == "constant":
         blob.fill_(filler.value)
     elif kind == "uniform":
+        if filler.min > filler.max:
+            raise CaffeError(f"uniform filler needs min <= max, got min {filler.min} "
+                             f"> max {filler.max}")
         blob.uniform_(filler.min, filler.max)
     elif kind == "gaussian":
         if filler.std <= 0:
             raise CaffeError(f"gaussian filler needs std > 0, got {filler.std}")
+        if filler.sparse < -1:
+            raise CaffeError(f"gaussian filler needs sparse >= -1, got {filler.sparse}")
         blob.normal_(filler.mean, filler.std)
         if filler.sparse >= 0:
             # Keep each weight with probability sparse / num_outputs, as Caffe does
             # to give every output about `sparse` non-zero inputs.
             if blob.dim() < 1:
                 raise CaffeError("sparse gaussian filler needs a blob with at least 1 axis")
-            keep = min(filler.sparse / blob.shape[0], 1.0)
+            keep = filler.sparse / blob.shape[0]
+            if keep > 1:
+                # Caffe's Bernoulli draw refuses a probability over 1.
+                raise CaffeError(f"sparse gaussian filler: sparse ({filler.sparse}) exceeds "
+                                 f"the blob's {blob.shape[0]} outputs (shape(0))")
             blob.mul_(torch.bernoulli(torch.full_like(blob, keep)))
     elif kind == "positive_unitball":
         blob.uniform_(0, 1)
@@ -70,10 +82,10 @@ def fill(blob: torch.Tensor, filler: FillerParameter) -> torch.Tensor:
                              f"got {list(blob.shape)}")
         size = blob.shape[3]
         f = math.ceil(size / 2.0)
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        # The centre as in filler.hpp since Caffe's 2017 fix (888597e, in the
+        # golden commit 9b89154); the original (2f - 1 - f % 2) / (2f) was
+        # off-centre for kernels with K % 4 in (2, 3).
+        c = (size - 1) / (2.0 * f)
         axis = 1 - torch.abs(torch.arange(size, dtype=torch.float32) / f - c)
         blob.copy_((axis[:, None] * axis[None, :]).expand_as(blob))
-    else:
-        raise CaffeError(f"Unknown filler type: {kind} (known: constant, uniform, gaussian, "
-                         f"positive_unitball, xavier, msra, bilinear)")
     return blob

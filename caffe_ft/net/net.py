@@ -83,6 +83,7 @@ class Net(nn.Module):
         self.retain_blob_diffs = False
         self._values: dict[str, torch.Tensor] = {}
         self._diff_source: dict[str, torch.Tensor] = {}
+        self._seeds: dict[str, torch.Tensor] = {}  # diffs given to the last backward
 
     # -- construction --------------------------------------------------
     def _build(self, planned: caffe_pb2.NetParameter) -> None:
@@ -313,7 +314,10 @@ class Net(nn.Module):
         """The diff of a blob after backward: for an in-place blob, the diff
         with respect to its first producer's output, as in Caffe."""
         source = self._diff_source.get(name, self._values.get(name))
-        return None if source is None else source.grad
+        grad = None if source is None else source.grad
+        # An output no gradient flows through (a pooling mask, an ArgMax)
+        # keeps the diff seeded on it, as Caffe's blob does.
+        return self._seeds.get(name) if grad is None else grad
 
     def backward(self, top_diffs: dict[str, torch.Tensor] | None = None) -> None:
         """Backpropagate from every loss top (seeded with its loss weight, as
@@ -327,12 +331,14 @@ class Net(nn.Module):
             if name not in given and value is not None and value.requires_grad:
                 tensors.append(value)
                 grads.append(torch.full_like(value, weight))
+        self._seeds = {}
         for name, diff in given.items():
             value = self._values[name]
+            seed = torch.as_tensor(diff, dtype=value.dtype, device=value.device).reshape(value.shape)
+            self._seeds[name] = seed
             if value.requires_grad:
                 tensors.append(value)
-                grads.append(torch.as_tensor(diff, dtype=value.dtype,
-                                             device=value.device).reshape(value.shape))
+                grads.append(seed)
         if tensors:
             torch.autograd.backward(tensors, grads)
 

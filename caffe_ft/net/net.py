@@ -148,15 +148,43 @@ class Net(nn.Module):
             need = any(not d for d in detach) or param_need
             for name in tops:
                 blob_needs_backward[name] = need or blob_needs_backward.get(name, False)
-            need = need or self.force_backward
             self.layer_need_backward.append(need)
-            logger.info("%s %s backward computation.", lp.name,
-                        "needs" if need else "does not need")
             self.layers.append(layer)
             self.bottom_names.append(bottoms)
             self.top_names.append(tops)
             self.bottom_detach.append(detach)
         self.layer_params = planned
+        self._prune_backward()
+
+    def _prune_backward(self) -> None:
+        """Caffe's reverse pass: a layer that does not contribute to any loss,
+        or whose tops no consumer backpropagates into, runs no backward; its
+        tops are detached so autograd computes nothing there either.
+        force_backward then turns backward back on for every layer."""
+        weights = dict(self.loss_tops)
+        under_loss: set[str] = set()
+        skip_backprop: set[str] = set()
+        self.top_detach = [False] * len(self.layers)
+        for i in reversed(range(len(self.layers))):
+            tops = self.top_names[i]
+            contributes = any(weights.get(t) or t in under_loss for t in tops)
+            skip = all(t in skip_backprop for t in tops)
+            if not self.force_backward and (not contributes or skip):
+                self.layer_need_backward[i] = False
+                self.top_detach[i] = True
+                self.bottom_detach[i] = [True] * len(self.bottom_names[i])
+            for j, name in enumerate(self.bottom_names[i]):
+                if contributes:
+                    under_loss.add(name)
+                if self.bottom_detach[i][j]:
+                    skip_backprop.add(name)
+                else:
+                    skip_backprop.discard(name)
+            if self.force_backward:
+                self.layer_need_backward[i] = True
+        for i, layer in enumerate(self.layers):
+            logger.info("%s %s backward computation.", layer.name,
+                        "needs" if self.layer_need_backward[i] else "does not need")
 
     def _loss_weights(self, layer: Layer, lp: caffe_pb2.LayerParameter, num_tops: int) -> list[float]:
         if not lp.loss_weight and layer.is_loss:
@@ -246,7 +274,10 @@ class Net(nn.Module):
                 bottoms.append(value.detach() if detach and value.requires_grad else value)
             tops = layer(*bottoms)
             for j, (name, top) in enumerate(zip(self.top_names[i], tops)):
-                if not self.bottom_names[i] and self.force_backward and top.is_floating_point():
+                if self.top_detach[i]:
+                    top = top.detach()
+                elif (not self.bottom_names[i] and self.force_backward and
+                      top.is_floating_point() and not top.requires_grad):
                     top = top.detach().requires_grad_()  # inputs get diffs under force_backward
                 in_place = j < len(self.bottom_names[i]) and self.bottom_names[i][j] == name
                 if self.retain_blob_diffs:

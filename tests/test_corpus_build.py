@@ -31,9 +31,10 @@ DATA_SHAPES = {
     "digits_standard_networks/lenet": {"data": (2, 1, 28, 28)},
     "hdf5_classification": {"data": (2, 4)},
     "nin-cifar10": {"data": (2, 3, 32, 32)},
-    "s2vt_lstm": {"cont_sentence": (20, 2), "input_sentence": (20, 2),
-                  "target_sentence": (20, 2), "frame_fc7": (20, 2, 4096),
-                  "cont_img": (20, 2), "encoder_to_decoder": (20, 2)},
+    # S2VT's HDF5 rows are time steps: batch_size 80 rows of 32 streams.
+    "s2vt_lstm": {"cont_sentence": (80, 32), "input_sentence": (80, 32),
+                  "target_sentence": (80, 32), "stage_indicator": (80, 32),
+                  "frame_fc7": (80, 32, 4096)},
     "voc-fcn8s": {"data": (1, 3, 64, 64), "label": (1, 1, 64, 64)},
 }
 
@@ -50,9 +51,25 @@ def _data_shape(file: str, layer: caffe_pb2.LayerParameter, top_index: int) -> t
     return (2, 3, size, size)
 
 
+# DIGITS adds the deploy net's input itself (its "deploy" stage has none).
+DIGITS_DEPLOY_INPUT = {"digits_standard_networks/lenet.prototxt": (1, 1, 28, 28),
+                       "digits_standard_networks/alexnet.prototxt": (1, 3, 227, 227)}
+
+
 def _inputs_for_data(file: str, net: caffe_pb2.NetParameter) -> caffe_pb2.NetParameter:
     out = caffe_pb2.NetParameter()
     out.CopyFrom(net)
+    if file in DIGITS_DEPLOY_INPUT:
+        first = out.layer.add()
+        first.name, first.type = "deploy_input", "Input"
+        first.top.append("data")
+        first.include.add().stage.append("deploy")
+        first.input_param.shape.add().dim.extend(DIGITS_DEPLOY_INPUT[file])
+        out.layer.insert(0, first)
+        del out.layer[-1]
+        for layer in out.layer:  # DIGITS also fills in the classifier's num_output
+            if layer.type == "InnerProduct" and not layer.inner_product_param.num_output:
+                layer.inner_product_param.num_output = 10
     for layer in out.layer:
         if layer.type not in DATA_TYPES or layer.bottom:
             continue
@@ -68,14 +85,37 @@ def _inputs_for_data(file: str, net: caffe_pb2.NetParameter) -> caffe_pb2.NetPar
     return out
 
 
+def _stages(net: caffe_pb2.NetParameter) -> list[str]:
+    rules = [r for layer in net.layer for r in (*layer.include, *layer.exclude)]
+    return sorted({stage for rule in rules for stage in (*rule.stage, *rule.not_stage)})
+
+
 @pytest.mark.parametrize("file", BVLC_ONLY)
 def test_bvlc_net_builds(file: str) -> None:
     param = _inputs_for_data(file, read_net_text(str(CORPUS / file)))
-    phases = [caffe_pb2.TEST] if "deploy" in file and "train" not in file else \
-        [caffe_pb2.TRAIN, caffe_pb2.TEST]
-    for phase in phases:
-        net = Net(param, phase, source=file)
-        assert net.layers and net.output_names
+    deploy_only = "deploy" in file and "train" not in file
+    phases = [caffe_pb2.TEST] if deploy_only else [caffe_pb2.TRAIN, caffe_pb2.TEST]
+    stages = _stages(param)
+    if not stages:
+        for phase in phases:
+            assert len(Net(param, phase, source=file).layers) > 1
+        return
+    # Nets with stage rules (DIGITS' train/val/deploy, S2VT's combinable variants)
+    # are built for the stages their solver or tool selects: each stage must build
+    # in some phase, alone or together with one other stage.
+    configurations = [[stage] for stage in stages] + [
+        [a, b] for i, a in enumerate(stages) for b in stages[i + 1:]]
+    built: set[str] = set()
+    for selected in configurations:
+        for phase in phases:
+            try:
+                Net(param, phase, stages=selected, source=file)
+            except CaffeError as err:
+                # Stages that are not meant together leave a blob unproduced or produce it twice.
+                assert "Unknown bottom blob" in str(err) or "multiple sources" in str(err), err
+                continue
+            built.update(selected)
+    assert built == set(stages), f"stages that build in no configuration: {set(stages) - built}"
 
 
 # Caffe's published top shapes for the reference models.

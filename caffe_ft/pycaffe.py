@@ -230,6 +230,14 @@ class Net:
     def reshape(self) -> None:
         self._net.reshape_all()
 
+    def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
+        """Feed a MemoryData first layer, as pycaffe's Net.set_input_arrays."""
+        first = self._net.layers[0]
+        if first.param.type != "MemoryData":
+            raise CaffeError("set_input_arrays needs a net whose first layer is MemoryData, "
+                             f"got {first.param.type} layer '{first.name}'")
+        first.set_input_arrays(data, labels)
+
     def _set_input(self, name: str, value: Any) -> None:
         array = np.asarray(value, dtype=np.float32)
         blob = self._net.blob(name)

@@ -3,6 +3,7 @@ Adding a family means adding its import here."""
 from caffe_ft.layers import (  # noqa: F401
     activation,
     common,
+    data,
     input,
     loss,
     normalization,

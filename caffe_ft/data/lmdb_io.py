@@ -1,0 +1,158 @@
+"""LMDB databases as Caffe uses them: one unnamed database of (key, serialized
+Datum) pairs, read in LMDB's byte-wise key order."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import lmdb
+
+from caffe_ft.errors import CaffeError
+
+# A small first map keeps tiny databases cheap on systems that reserve the
+# whole map; the writer doubles it whenever LMDB reports the map full.
+INITIAL_MAP_SIZE = 64 << 20
+# Caffe commits every 1000 puts. The byte limit bounds the memory held for a
+# transaction that may have to be replayed after a map resize.
+COMMIT_EVERY = 1000
+COMMIT_BYTES = 16 << 20
+
+
+class LMDBWriter:
+    """Puts (key, value) pairs into a new LMDB at `path`, committing in batches
+    and growing the map (doubling it) when it is full."""
+
+    def __init__(self, path: str | os.PathLike[str], map_size: int = INITIAL_MAP_SIZE,
+                 commit_every: int = COMMIT_EVERY, commit_bytes: int = COMMIT_BYTES) -> None:
+        self.path = os.fspath(path)
+        self.commit_every = commit_every
+        self.commit_bytes = commit_bytes
+        self.resizes = 0
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._pending_bytes = 0
+        try:
+            # Commits only hand pages to the OS; close() flushes them to disk
+            # once. Callers build in a temporary folder renamed after close(),
+            # so per-commit fsyncs (which stall the build) would buy nothing.
+            self._env = lmdb.open(self.path, map_size=map_size, subdir=True, sync=False,
+                                  metasync=False, readahead=False)
+        except lmdb.Error as err:
+            raise CaffeError(f"Cannot create LMDB {self.path}: {err}") from None
+
+    @property
+    def map_size(self) -> int:
+        return int(self._env.info()["map_size"])
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._pending.append((key, value))
+        self._pending_bytes += len(key) + len(value)
+        if len(self._pending) >= self.commit_every or self._pending_bytes >= self.commit_bytes:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the pending pairs in one transaction; a full map aborts it,
+        doubles the map and replays the transaction."""
+        if not self._pending:
+            return
+        self._reserve()
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    for key, value in self._pending:
+                        txn.put(key, value)
+                break
+            except lmdb.MapFullError:
+                self._env.set_mapsize(self.map_size * 2)
+                self.resizes += 1
+            except lmdb.Error as err:
+                raise CaffeError(f"Cannot write LMDB {self.path}: {err}") from None
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _reserve(self) -> None:
+        """Grow the map before a commit that would likely fill it: replaying
+        a large transaction after MapFullError costs as much as writing it."""
+        info, stat = self._env.info(), self._env.stat()
+        used = (info["last_pgno"] + 1) * stat["psize"]
+        # Values spill into whole overflow pages and keys need leaf pages:
+        # leave a quarter of headroom over the raw byte count.
+        needed = used + self._pending_bytes + self._pending_bytes // 4
+        size = info["map_size"]
+        if needed > size:
+            while size < needed:
+                size *= 2
+            self._env.set_mapsize(size)
+            self.resizes += 1
+
+    def close(self) -> None:
+        """Commit what is pending, flush everything to disk and close."""
+        self.commit()
+        self._env.sync(True)
+        self._env.close()
+
+    def __enter__(self) -> LMDBWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._env.close()
+
+
+class LMDBReader:
+    """Reads an existing LMDB; iterating yields (key, value) in key order, the
+    order Caffe's Data layer and tools see."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        folder = Path(self.path)
+        if not (folder / "data.mdb").is_file():
+            hint = ""
+            if (folder / "CURRENT").is_file():
+                hint = "; it looks like a LevelDB, and caffe_ft reads LMDB only"
+            elif not folder.exists():
+                hint = "; the folder does not exist"
+            raise CaffeError(f"{self.path}: not an LMDB (expected {folder / 'data.mdb'}){hint}")
+        try:
+            self._env = self._open(lock=True)
+        except lmdb.Error:
+            # A read-only folder cannot hold lock.mdb; with no writer able to
+            # touch such a database there is nothing to lock against.
+            try:
+                self._env = self._open(lock=False)
+            except lmdb.Error as err:
+                raise CaffeError(f"Cannot open LMDB {self.path}: {err}") from None
+
+    def _open(self, lock: bool) -> lmdb.Environment:
+        return lmdb.open(self.path, readonly=True, lock=lock, readahead=False, create=False,
+                         subdir=True)
+
+    def __len__(self) -> int:
+        return int(self._env.stat()["entries"])
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        with self._env.begin(buffers=False) as txn:
+            yield from txn.cursor().iternext(keys=True, values=True)
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> LMDBReader:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+
+def check_backend(backend: str) -> None:
+    """Caffe's tools take -backend lmdb|leveldb; only LMDB is implemented."""
+    if backend.lower() == "leveldb":
+        raise CaffeError("-backend=leveldb is not supported: caffe_ft reads and writes LMDB "
+                         "only; use -backend=lmdb (and backend: LMDB in the Data layer)")
+    if backend.lower() != "lmdb":
+        raise CaffeError(f"Unknown database backend '{backend}'; expected lmdb")

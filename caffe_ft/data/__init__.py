@@ -1,2 +1,2 @@
-"""Datasets as Caffe stores them: Datums in LMDB, built by convert_imageset
-and averaged by compute_image_mean."""
+"""Caffe's data: Datums in LMDB (built by convert_imageset, averaged by
+compute_image_mean) and the sources and transforms the data layers use."""

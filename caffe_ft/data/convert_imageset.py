@@ -226,10 +226,9 @@ def _available_cpus() -> int:
 class _DeferredInterrupts:
     """Turns Ctrl-C and SIGTERM into a request that the build loop honours
     between records (raising KeyboardInterrupt there), so the partial
-    database is removed. An interrupt raised at an arbitrary point could land
-    while a lock shared with the pool's threads is held, or in an at-fork
-    hook that swallows it, and hang or lose the stop. A second signal
-    interrupts at once."""
+    database is removed. Raised at an arbitrary point, an interrupt could
+    land in one of Python's at-fork hooks while workers start, which swallow
+    it, and the build would go on. A second signal interrupts at once."""
 
     def __init__(self) -> None:
         self.requested = False

@@ -72,7 +72,10 @@ class OrderedWorkers(Generic[C, T, R]):
                     if batch is None:
                         more = False
                         break
-                    self._conns[worker].send(batch)
+                    try:
+                        self._conns[worker].send(batch)
+                    except ConnectionError:
+                        raise self._died(worker) from None
                     held[worker] += 1
                     sent += 1
 
@@ -95,25 +98,28 @@ class OrderedWorkers(Generic[C, T, R]):
     def _receive(self, worker: int) -> tuple[int, list[R]]:
         try:
             index, ok, payload = self._conns[worker].recv()
-        except EOFError:
-            self._procs[worker].join(_JOIN_SECONDS)
-            raise CaffeError(f"a worker process died (exit code {self._procs[worker].exitcode}) "
-                             f"while decoding images; one of the images in flight may crash "
-                             f"OpenCV (run with -workers=1 to find it)") from None
+        except (EOFError, ConnectionError):
+            raise self._died(worker) from None
         if not ok:
             raise payload
         return index, payload
 
+    def _died(self, worker: int) -> CaffeError:
+        self._procs[worker].join(_JOIN_SECONDS)
+        return CaffeError(f"a worker process died (exit code {self._procs[worker].exitcode}) "
+                          f"while decoding images; one of the images in flight may crash "
+                          f"OpenCV (run with -workers=1 to find it)")
+
     def close(self) -> None:
+        # SIGKILL, not SIGTERM: a worker holds nothing to clean up, and one
+        # still starting may yet run the parent's Python SIGTERM handler,
+        # inherited through fork, which would not end it.
         for conn in self._conns:
             conn.close()
         for proc in self._procs:
-            proc.terminate()
+            proc.kill()
         for proc in self._procs:
-            proc.join(_JOIN_SECONDS)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+            proc.join()
 
 
 def _serve(conn: Connection, inherited: list[Connection], func: Callable[[C, T], R],
@@ -124,20 +130,24 @@ def _serve(conn: Connection, inherited: list[Connection], func: Callable[[C, T],
     for other in inherited:
         other.close()
     # Ctrl-C is the main process's to handle; it stops the workers itself.
+    # The parent's SIGTERM handler came along with the fork: drop it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
         try:
             index, batch = conn.recv()
-        except EOFError:
-            return
+        except (EOFError, ConnectionError):
+            return  # the main process is done, or gone
         try:
-            conn.send((index, True, [func(context, item) for item in batch]))
+            reply = (index, True, [func(context, item) for item in batch])
         except CaffeError as err:
-            conn.send((index, False, err))
+            reply = (index, False, err)
         except Exception:  # a bug: hand its traceback to the main process
-            conn.send((index, False,
-                       RuntimeError(f"in a worker process:\n{traceback.format_exc()}")))
+            reply = (index, False, RuntimeError(f"in a worker process:\n{traceback.format_exc()}"))
+        try:
+            conn.send(reply)
+        except ConnectionError:
+            return
 
 
 def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -1,0 +1,136 @@
+"""Benchmark: our convert_imageset against a plain single-process loop.
+
+Makes N realistic 500x375 JPEGs once (crops of the test photos, upscaled,
+with sensor-like noise, quality 90), then times, in the same run:
+  (a) a plain loop: cv2.imread, cv2.resize to 256x256, Datum, LMDB put
+      (committing every 1000 puts, as Caffe does);
+  (b) caffe_ft's builder with its default worker count, also to 256x256.
+Both databases must hold the same Datums. Prints images/s, CPU time per
+image (this process and its workers) and the ratio, --repeat times (the
+median ratio last: timings on a shared machine are noisy).
+
+    python bench/bench_convert_imageset.py [--count 1000] [--images DIR] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from caffe_ft.data.convert_imageset import ConvertOptions, convert_imageset  # noqa: E402
+from caffe_ft.data.lmdb_io import LMDBReader  # noqa: E402
+from caffe_ft.proto import caffe_pb2  # noqa: E402
+
+PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "data" / "images" / "photos"
+WIDTH, HEIGHT = 500, 375
+SIZE = 256
+
+
+def make_images(folder: Path, count: int) -> Path:
+    """Write `count` JPEGs and their list file into `folder` (kept if present)."""
+    listing = folder / "list.txt"
+    if listing.is_file() and len(listing.read_text().splitlines()) == count:
+        return listing
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    sources = [cv2.imread(str(path), cv2.IMREAD_COLOR) for path in sorted(PHOTOS.iterdir())]
+    lines = []
+    for index in range(count):
+        source = sources[index % len(sources)]
+        h, w = source.shape[:2]
+        top, left = rng.integers(0, h // 4 + 1), rng.integers(0, w // 4 + 1)
+        crop = source[top:top + h - h // 4, left:left + w - w // 4]
+        image = cv2.resize(crop, (WIDTH, HEIGHT), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        image += rng.normal(0, 6, image.shape) + rng.uniform(-20, 20)
+        name = f"img{index:05d}.jpg"
+        cv2.imwrite(str(folder / name), np.clip(image, 0, 255).astype(np.uint8),
+                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        lines.append(f"{name} {index % 10}\n")
+    listing.write_text("".join(lines))
+    return listing
+
+
+def plain_loop(root: Path, listing: Path, db: Path) -> None:
+    env = lmdb.open(str(db), map_size=1 << 40)
+    txn = env.begin(write=True)
+    for index, line in enumerate(listing.read_text().splitlines()):
+        name, label = line.rsplit(" ", 1)
+        image = cv2.resize(cv2.imread(str(root / name), cv2.IMREAD_COLOR), (SIZE, SIZE))
+        datum = caffe_pb2.Datum(channels=3, height=SIZE, width=SIZE,
+                                data=image.transpose(2, 0, 1).tobytes(), label=int(label),
+                                encoded=False)
+        txn.put(b"%08d_%s" % (index, name.encode()), datum.SerializeToString())
+        if (index + 1) % 1000 == 0:
+            txn.commit()
+            txn = env.begin(write=True)
+    txn.commit()
+    env.close()
+
+
+def timed(run, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its finished children)."""
+    def cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+            resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    start, start_cpu = time.perf_counter(), cpu()
+    run(*args)
+    return time.perf_counter() - start, cpu() - start_cpu
+
+
+def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int) -> float:
+    """One timing of each, back to back; prints them and returns the ratio."""
+    for name in ("plain_db", "ours_db"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    load = os.getloadavg()[0]
+    plain, plain_cpu = timed(plain_loop, images, listing, work / "plain_db")
+    ours, ours_cpu = timed(convert_imageset, f"{images}/", listing, work / "ours_db",
+                           ConvertOptions(resize_width=SIZE, resize_height=SIZE, workers=workers))
+    with LMDBReader(work / "plain_db") as a, LMDBReader(work / "ours_db") as b:
+        assert list(a) == list(b), "the two databases differ"
+    print(f"load {load:4.2f} | plain loop {count / plain:6.1f} images/s "
+          f"({plain_cpu / count * 1e3:.2f} ms CPU/image) | caffe_ft {count / ours:6.1f} images/s "
+          f"({ours_cpu / count * 1e3:.2f} ms CPU/image) | ratio {plain / ours:.2f}x", flush=True)
+    return plain / ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--images", type=Path, help="folder to keep the generated JPEGs in")
+    parser.add_argument("--workers", type=int, default=0, help="0: the builder's default")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timings of each; the median ratio is reported")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench_convert_imageset."))
+    try:
+        images = args.images or work / "images"
+        listing = make_images(images, args.count)
+        for path in images.iterdir():  # every run reads from the page cache
+            path.read_bytes()
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        print(f"{args.count} JPEGs {WIDTH}x{HEIGHT} -> {SIZE}x{SIZE}, {cpus} CPUs, "
+              f"workers={args.workers or 'default'}")
+        ratios = [run_pair(images, listing, work, args.count, args.workers)
+                  for _ in range(args.repeat)]
+        print(f"median ratio: {statistics.median(ratios):.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -30,13 +30,26 @@ class GlogFormatter(logging.Formatter):
         return prefix + text
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the record, so a
+    redirected or captured stderr (tests, embedding apps) keeps working."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO, stream=None) -> logging.Handler:
     """Send caffe_ft's log to stderr (as glog does) in Caffe's format, once."""
     for handler in logger.handlers:
         if getattr(handler, "_caffe_ft", False):
             handler.setLevel(level)
             return handler
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(GlogFormatter())
     handler.setLevel(level)
     handler._caffe_ft = True  # type: ignore[attr-defined]

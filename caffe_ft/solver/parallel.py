@@ -1,0 +1,90 @@
+"""Data-parallel training over processes: Caffe's multi-GPU training (NCCL
+in parallel.cpp) on torch.distributed (nccl for CUDA, gloo for CPU).
+
+As in Caffe: every rank builds the solver with random_seed + rank; rank 0's
+weights are broadcast before training; each TRAIN Data layer serves items
+rank, rank + N, ... (so N ranks of batch B see what one process of batch
+N·B would); after backward the diffs are summed and scaled by 1/N; every
+rank applies the same update. Only rank 0 tests, displays and snapshots.
+A stop requested on rank 0 is passed to every rank so all leave together.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from caffe_ft.errors import CaffeError
+from caffe_ft.solver.signals import SolverAction
+from caffe_ft.solver.solver import Solver
+
+WORLD_SIZE_ENV = "WORLD_SIZE"
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher (torchrun, or -gpu with several ids)
+    started for this run; 1 when run alone."""
+    try:
+        return int(os.environ.get(WORLD_SIZE_ENV, "1"))
+    except ValueError:
+        raise CaffeError(f"${WORLD_SIZE_ENV} must be a number, got "
+                         f"'{os.environ[WORLD_SIZE_ENV]}'") from None
+
+
+def join_process_group(device: torch.device) -> int:
+    """Join the group described by the launcher's environment (RANK,
+    WORLD_SIZE, MASTER_ADDR, MASTER_PORT); returns this process's rank."""
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    return dist.get_rank()
+
+
+class DataParallel:
+    """Keeps one solver in step with its peers on the other ranks."""
+
+    def __init__(self, solver: Solver) -> None:
+        self.solver = solver
+        self.world_size = dist.get_world_size()
+        solver.gradient_hooks.append(self.average_gradients)
+        solver.action_sync = self.share_action
+
+    def broadcast_weights(self) -> None:
+        """Rank 0's learnable blobs (and solver history, equal on every rank
+        once each has restored the same snapshot) to every rank."""
+        with torch.no_grad():
+            for p in self.solver.params:
+                dist.broadcast(p.blob.data, src=0)
+
+    def average_gradients(self, solver: Solver) -> None:
+        grads = []
+        for p in solver.params:
+            if p.blob.grad is None:
+                # A param Caffe computes no diff for still takes part: its diff is 0.
+                p.blob.grad = torch.zeros_like(p.blob)
+            grads.append(p.blob.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.mul_(1.0 / self.world_size)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def share_action(self, action: SolverAction) -> SolverAction:
+        """Rank 0's signal request, seen by every rank."""
+        value = torch.tensor([int(action)], dtype=torch.int64)
+        if self.solver.device.type == "cuda":
+            value = value.to(self.solver.device)
+        dist.broadcast(value, src=0)
+        return SolverAction(int(value.item()))
+
+    def train(self) -> None:
+        """Rank 0 solves (tests, display, snapshots); the others only step."""
+        self.broadcast_weights()
+        if dist.get_rank() == 0:
+            self.solver.solve()
+        else:
+            self.solver.step(self.solver.param.max_iter - self.solver.iter)

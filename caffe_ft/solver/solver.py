@@ -1,0 +1,350 @@
+"""Caffe's Solver: Step, Solve, Test, Snapshot and Restore, with the numbers
+and log lines of BVLC Caffe's solver.cpp and sgd_solver.cpp.
+
+One iteration (Step): clear diffs; test if due; iter_size forward/backward
+passes accumulate diffs; smoothed loss and display; ApplyUpdate (rate →
+clip → per param: normalize, regularize, update rule → data -= diff →
+iter += 1); snapshot if due or requested by a signal. Scalars Caffe keeps
+as float (losses, test sums, smoothed loss) are float32 here too, so the
+logged numbers are Caffe's to the printed digit.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from google.protobuf import text_format
+
+from caffe_ft.errors import CaffeError
+from caffe_ft.log import logger
+from caffe_ft.net import Net
+from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
+from caffe_ft.proto import caffe_pb2
+from caffe_ft.solver.lr_policy import check_policy, learning_rate
+from caffe_ft.solver.nets import build_test_nets, build_train_net, resolve_path
+from caffe_ft.solver.regularize import (
+    check_regularization,
+    clip_gradients,
+    normalize,
+    regularize,
+)
+from caffe_ft.solver.signals import ActionRequest, SolverAction
+from caffe_ft.solver.state import SolverState, read_state, resolve_learned_net, write_state
+from caffe_ft.solver.update_rules import Hyper, rule_for
+from caffe_ft.upgrade import solver_needs_type_upgrade, upgrade_solver_type
+
+f32 = np.float32
+HDF5 = caffe_pb2.SolverParameter.HDF5
+
+
+class SmoothedLoss:
+    """The display loss: mean of the last `average_loss` iteration losses,
+    kept as Caffe's UpdateSmoothedLoss keeps it (running mean while the
+    window fills, then a ring buffer with incremental updates)."""
+
+    def __init__(self, average_loss: int) -> None:
+        self.average_loss = average_loss
+        self.losses: list[np.float32] = []
+        self.value = f32(0)
+
+    def update(self, loss: np.float32, index: int) -> None:
+        if len(self.losses) < self.average_loss:
+            self.losses.append(loss)
+            size = len(self.losses)
+            self.value = (self.value * f32(size - 1) + loss) / f32(size)
+        else:
+            slot = index % self.average_loss
+            self.value += (loss - self.losses[slot]) / f32(self.average_loss)
+            self.losses[slot] = loss
+
+
+def _loss_suffix(weight: float, value: np.float32) -> str:
+    return f" (* {weight:g} = {f32(weight) * value:g} loss)" if weight else ""
+
+
+def _no_request() -> SolverAction:
+    return SolverAction.NONE
+
+
+class Solver:
+    """Trains the net a SolverParameter describes. `solver_path` lets net
+    files and the snapshot prefix be found beside the solver file."""
+
+    def __init__(self, param: caffe_pb2.SolverParameter, solver_path: str = "",
+                 device: torch.device | None = None,
+                 action_request: ActionRequest = _no_request, rank: int = 0) -> None:
+        logger.info("Initializing solver from parameters: \n%s",
+                    text_format.MessageToString(param).rstrip("\n"))
+        self.param = caffe_pb2.SolverParameter()
+        self.param.CopyFrom(param)
+        param = self.param
+        if solver_needs_type_upgrade(param):
+            upgrade_solver_type(param, solver_path or "<solver>")
+        if param.average_loss < 1:
+            raise CaffeError("average_loss should be non-negative.")
+        check_policy(param)
+        check_regularization(param.regularization_type)
+        self.rule = rule_for(param)
+        self.hyper = Hyper.from_param(param)
+        self.solver_dir = os.path.dirname(solver_path)
+        self.device = device or torch.device("cpu")
+        self.action_request = action_request
+        self.rank = rank
+        self._check_snapshot_prefix()
+        if param.random_seed >= 0:
+            torch.manual_seed(param.random_seed + rank)
+        self.net = build_train_net(param, self.solver_dir).to(self.device)
+        self.test_nets = [net.to(self.device) for net in
+                          build_test_nets(param, self.solver_dir)] if rank == 0 else []
+        logger.info("Solver scaffolding done.")
+        self.iter = 0
+        self.current_step = 0
+        self.requested_early_exit = False
+        self.params = self.net.learnable_params
+        # Caffe's history_: one set of blobs per learnable param, and a second
+        # set after the first for AdaDelta and Adam.
+        self.history = [[torch.zeros_like(p.blob) for p in self.params]
+                        for _ in range(self.rule.history_sets)]
+        self._local_decay = [float(f32(param.weight_decay) * f32(p.decay_mult))
+                             for p in self.params]
+        self._smoothed = SmoothedLoss(param.average_loss)
+        self._iterations_last = 0
+        # Called on the accumulated diffs before the update (data-parallel
+        # training averages them across processes here).
+        self.gradient_hooks: list[Callable[[Solver], None]] = []
+        # Turns this process's signal request into the one every rank acts on.
+        self.action_sync: Callable[[SolverAction], SolverAction] | None = None
+
+    # -- snapshot files -------------------------------------------------
+    def _check_snapshot_prefix(self) -> None:
+        """Caffe's CheckSnapshotWritePermissions: probe-write a file with the
+        prefix so a bad folder fails now, not at the first snapshot."""
+        param = self.param
+        folder = os.path.dirname(param.snapshot_prefix)
+        if folder and not os.path.isdir(folder):
+            # Like net files, a prefix whose folder exists only beside the solver goes there.
+            beside = resolve_path(folder, self.solver_dir)
+            if beside != folder:
+                param.snapshot_prefix = os.path.join(beside, os.path.basename(
+                    param.snapshot_prefix))
+        if not param.snapshot:
+            return
+        if not param.snapshot_prefix:
+            raise CaffeError("In solver params, snapshot is specified but snapshot_prefix is not")
+        probe = self._snapshot_filename(".tempfile", 0)
+        try:
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError:
+            raise CaffeError(f"Cannot write to snapshot prefix '{param.snapshot_prefix}'.  Make "
+                             f"sure that the directory exists and is writable.") from None
+
+    def _snapshot_filename(self, extension: str, iteration: int | None = None) -> str:
+        return (f"{self.param.snapshot_prefix}_iter_"
+                f"{self.iter if iteration is None else iteration}{extension}")
+
+    def snapshot(self) -> None:
+        write_diff = self.param.snapshot_diff
+        if self.param.snapshot_format == HDF5:
+            from caffe_ft.hdf5 import save_hdf5_weights
+            model = self._snapshot_filename(".caffemodel.h5")
+            logger.info("Snapshotting to HDF5 file %s", model)
+            save_hdf5_weights(self.net, model, write_diff)
+            state_file = self._snapshot_filename(".solverstate.h5")
+            logger.info("Snapshotting solver state to HDF5 file %s", state_file)
+        else:
+            model = self._snapshot_filename(".caffemodel")
+            logger.info("Snapshotting to binary proto file %s", model)
+            save_caffemodel(self.net, model, write_diff)
+            state_file = self._snapshot_filename(".solverstate")
+            logger.info("Snapshotting solver state to binary proto file %s", state_file)
+        history = [blob.detach().cpu().numpy() for blobs in self.history for blob in blobs]
+        write_state(state_file, SolverState(self.iter, model, self.current_step, history))
+
+    def restore(self, state_file: str) -> None:
+        """Continue from a snapshot (ours or Caffe's): iteration, weights from
+        its learned_net, current_step and history. Data cursors, random state
+        and the smoothed loss start afresh, as in Caffe."""
+        state = read_state(state_file)
+        self.iter = state.iter
+        if state.learned_net:
+            copy_trained_layers_from(self.net, resolve_learned_net(state_file, state.learned_net))
+        self.current_step = state.current_step
+        blobs = [blob for blobs in self.history for blob in blobs]
+        if len(state.history) != len(blobs):
+            raise CaffeError(f"{state_file}: Incorrect length of history blobs: the file has "
+                             f"{len(state.history)}, a {self.param.type} solver for this net "
+                             f"needs {len(blobs)}.")
+        logger.info("SGDSolver: restoring history")
+        params = self.params * self.rule.history_sets
+        for i, (blob, saved, owner) in enumerate(zip(blobs, state.history, params)):
+            if saved.size != blob.numel():
+                raise CaffeError(f"{state_file}: history blob {i} ({owner.display_name}) has "
+                                 f"{saved.size} values, the param has {blob.numel()}")
+            blob.copy_(torch.from_numpy(saved.reshape(tuple(blob.shape))))
+
+    # -- training ---------------------------------------------------------
+    def solve(self) -> None:
+        param = self.param
+        logger.info("Solving %s", self.net.name)
+        logger.info("Learning Rate Policy: %s", param.lr_policy)
+        self.requested_early_exit = False
+        start_iter = self.iter
+        self.step(param.max_iter - self.iter)
+        if param.snapshot_after_train and (not param.snapshot or self.iter % param.snapshot):
+            self.snapshot()
+        if self.requested_early_exit:
+            logger.info("Optimization stopped early.")
+            return
+        # One more forward, only to display the loss of the final weights.
+        if param.display and self.iter % param.display == 0:
+            with torch.no_grad():
+                loss = f32(self.net.forward().item())
+            self._smoothed.update(loss, self.iter - start_iter)
+            logger.info("Iteration %d, loss = %g", self.iter, self._smoothed.value)
+        if param.test_interval and self.iter % param.test_interval == 0:
+            self.test_all()
+        logger.info("Optimization Done.")
+
+    def step(self, iters: int) -> None:
+        param = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + iters
+        self._smoothed = SmoothedLoss(param.average_loss)
+        timer = time.perf_counter()
+        self._iterations_last = self.iter
+        while self.iter < stop_iter:
+            for p in self.params:
+                p.blob.grad = None
+            if param.test_interval and self.iter % param.test_interval == 0 and \
+                    (self.iter > 0 or param.test_initialization):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            display = bool(param.display) and self.iter % param.display == 0
+            loss = f32(0)
+            for _ in range(param.iter_size):
+                loss += self._forward_backward()
+            loss /= f32(param.iter_size)
+            self._smoothed.update(loss, self.iter - start_iter)
+            if display:
+                # Caffe's CPU timer counts whole milliseconds.
+                lapse = f32(int((time.perf_counter() - timer) * 1000) / 1000)
+                per_s = f32(self.iter - self._iterations_last) / (lapse if lapse else f32(1))
+                logger.info("Iteration %d (%g iter/s, %gs/%d iters), loss = %g", self.iter,
+                            per_s, lapse, param.display, self._smoothed.value)
+                timer = time.perf_counter()
+                self._iterations_last = self.iter
+                self._log_outputs(self.net, "Train")
+            for hook in self.gradient_hooks:
+                hook(self)
+            self.apply_update()
+            request = self.action_request()
+            if self.action_sync is not None:
+                request = self.action_sync(request)
+            if self.rank == 0 and ((param.snapshot and self.iter % param.snapshot == 0) or
+                                   request == SolverAction.SNAPSHOT):
+                self.snapshot()
+            if request == SolverAction.STOP:
+                self.requested_early_exit = True
+                break
+
+    def _forward_backward(self) -> np.float32:
+        loss = self.net.forward()
+        self.net.backward()
+        return f32(loss.item())
+
+    def _log_outputs(self, net: Net, kind: str) -> None:
+        weights = dict(net.loss_tops)
+        index = 0
+        for name, value in net.output_blobs().items():
+            for element in value.detach().reshape(-1).cpu().numpy():
+                logger.info("    %s net output #%d: %s = %g%s", kind, index, name, element,
+                            _loss_suffix(weights.get(name, 0.0), element))
+                index += 1
+
+    def apply_update(self) -> None:
+        param = self.param
+        rate, step = learning_rate(param, self.iter, self.current_step)
+        if param.lr_policy == "multistep" and step != self.current_step:
+            logger.info("MultiStep Status: Iteration %d, step = %d", self.iter, step)
+        self.current_step = step
+        if param.display and self.iter % param.display == 0:
+            logger.info("Iteration %d, lr = %g", self.iter, rate)
+        # A param with lr_mult 0 gets no gradient computed; Caffe's diff is 0.
+        grads = [p.blob.grad if p.blob.grad is not None else torch.zeros_like(p.blob)
+                 for p in self.params]
+        clipped = clip_gradients(grads, param.clip_gradients)
+        if clipped:
+            logger.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
+                        "factor %g", clipped[0], param.clip_gradients, clipped[1])
+        with torch.no_grad():
+            for i, (p, grad) in enumerate(zip(self.params, grads)):
+                normalize(grad, param.iter_size)
+                regularize(grad, p.blob, self._local_decay[i], param.regularization_type)
+                local_rate = float(f32(rate) * f32(p.lr_mult))
+                update = self.rule.compute(grad, [blobs[i] for blobs in self.history],
+                                           local_rate, self.hyper, self.iter)
+                p.blob.sub_(update)
+                if param.snapshot_diff:
+                    # Caffe's diff holds the update after Update(); snapshots save it.
+                    p.blob.grad = update.clone()
+        self.iter += 1
+
+    # -- testing ----------------------------------------------------------
+    def test_all(self) -> None:
+        for i in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            self.test(i)
+
+    def test(self, index: int) -> None:
+        param = self.param
+        logger.info("Iteration %d, Testing net (#%d)", self.iter, index)
+        net = self.test_nets[index]
+        net.share_trained_layers_with(self.net)
+        iterations = param.test_iter[index]
+        scores: np.ndarray | None = None
+        loss = f32(0)
+        with torch.no_grad():
+            for _ in range(iterations):
+                self._handle_requests_while_testing()
+                if self.requested_early_exit:
+                    break
+                iter_loss = net.forward()
+                if param.test_compute_loss:
+                    loss += f32(iter_loss.item())
+                values = _flat_outputs(net)
+                scores = values if scores is None else scores + values
+        if self.requested_early_exit:
+            logger.info("Test interrupted.")
+            return
+        if param.test_compute_loss:
+            loss /= f32(iterations)
+            logger.info("Test loss: %g", loss)
+        weights = dict(net.loss_tops)
+        names = [name for name, value in net.output_blobs().items() for _ in range(value.numel())]
+        for i, (name, score) in enumerate(zip(names, scores if scores is not None else [])):
+            mean = score / f32(iterations)
+            logger.info("    Test net output #%d: %s = %g%s", i, name, mean,
+                        _loss_suffix(weights.get(name, 0.0), mean))
+
+    def _handle_requests_while_testing(self) -> None:
+        request = self.action_request()
+        while request != SolverAction.NONE:
+            if request == SolverAction.SNAPSHOT:
+                self.snapshot()
+            elif request == SolverAction.STOP:
+                self.requested_early_exit = True
+            request = self.action_request()
+
+
+def _flat_outputs(net: Net) -> np.ndarray:
+    """Every element of every output blob, in output order, as float32."""
+    parts: Sequence[np.ndarray] = [value.detach().reshape(-1).cpu().numpy().astype(np.float32)
+                                   for value in net.output_blobs().values()]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

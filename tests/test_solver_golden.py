@@ -9,6 +9,9 @@ For every case we run `caffe_ft train` exactly as Caffe was run and compare:
 - the final .caffemodel, blob by blob: max |ours − Caffe's| ≤ 1e-3·max|Caffe's|;
 - the final .solverstate: iter, current_step, and every history blob by the
   same rule as the weights.
+A bias that feeds a BatchNorm has an exactly zero gradient, so Caffe's and
+ours are both rounding noise: for it we check that both stay below 1e-3 of
+the layer's weights instead (see biases_before_batchnorm).
 resume_from_solverstate also resumes from Caffe's own iteration-20 snapshot.
 
 Three cases are chaotic: changing the initial weights by 1e-6 relative (a
@@ -255,7 +258,7 @@ def perturbed_losses(case: str, root: Path, seed: int) -> dict[int, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CHAOTIC)
 def test_golden_chaotic_case(case: str, tmp_path: Path) -> None:
-    folder, log, text = train_case(case, tmp_path)
+    _, log, text = train_case(case, tmp_path)
     ours = display_losses(text)
     horizon = min((iteration for seed in PERTURBATION_SEEDS
                    for iteration, loss in perturbed_losses(case, tmp_path / f"p{seed}",

@@ -16,9 +16,10 @@ _LAZY = {
     "set_device": "caffe_ft.pycaffe", "set_mode_cpu": "caffe_ft.pycaffe",
     "set_mode_gpu": "caffe_ft.pycaffe", "set_random_seed": "caffe_ft.pycaffe",
     "Layer": "caffe_ft.layers.python_layer",
+    "set_parity_mode": "caffe_ft.parity",
 }
 __all__ = ["Layer", "Net", "TRAIN", "TEST", "io", "set_device", "set_mode_cpu", "set_mode_gpu",
-           "set_random_seed", "__version__"]
+           "set_random_seed", "set_parity_mode", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

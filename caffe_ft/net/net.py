@@ -23,6 +23,7 @@ from caffe_ft.layers.registry import check_supported, layer_class
 from caffe_ft.log import logger
 from caffe_ft.net.filter import filter_net
 from caffe_ft.net.splits import insert_splits
+from caffe_ft import parity
 from caffe_ft.proto import caffe_pb2
 
 AUTO_TOP = "(automatic)"
@@ -46,6 +47,7 @@ class Net(nn.Module):
     def __init__(self, param: caffe_pb2.NetParameter, phase: int | None = None, level: int = 0,
                  stages: Iterable[str] = (), source: str = "<net>") -> None:
         super().__init__()
+        parity.apply_default()
         self.source = source
         state = caffe_pb2.NetState()
         state.CopyFrom(param.state)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from caffe_ft.blobs import array_to_blob_proto, blob_proto_to_array, legacy_shape, shape_string
+from caffe_ft.blobs import array_to_blob_proto, legacy_shape, shape_string
 from caffe_ft.errors import CaffeError
 from caffe_ft.log import logger
 from caffe_ft.net.net import Net

@@ -131,3 +131,16 @@ def test_missing_empty_and_leveldb_inputs(tmp_path: Path,
         compute_image_mean(tmp_path / "empty")
     assert main(["compute_image_mean", "-backend=leveldb", str(tmp_path / "empty")]) == 1
     assert "leveldb is not supported" in capsys.readouterr().err
+
+
+def test_database_held_open_by_a_data_cursor_can_be_read(tmp_path: Path) -> None:
+    # py-lmdb refuses a second environment on one database in a process; the
+    # tools must share the one a Data layer already holds.
+    from caffe_ft.data.db_cursor import DatumCursor
+    golden = golden_db("raw_color_32", tmp_path)
+    with LMDBReader(golden) as reader:
+        count = len(reader)
+    cursor = DatumCursor(golden, count)
+    cursor.seek(0)
+    assert compute_image_mean(golden).shape[0] == 3
+    assert cursor.key() == next(iter(LMDBReader(golden)))[0]

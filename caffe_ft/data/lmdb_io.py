@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from types import TracebackType
 
 import lmdb
 
+from caffe_ft.data.db_cursor import shared_env
 from caffe_ft.errors import CaffeError
 
 # A small first map keeps tiny databases cheap on systems that reserve the
@@ -109,27 +109,9 @@ class LMDBReader:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        folder = Path(self.path)
-        if not (folder / "data.mdb").is_file():
-            hint = ""
-            if (folder / "CURRENT").is_file():
-                hint = "; it looks like a LevelDB, and caffe_ft reads LMDB only"
-            elif not folder.exists():
-                hint = "; the folder does not exist"
-            raise CaffeError(f"{self.path}: not an LMDB (expected {folder / 'data.mdb'}){hint}")
-        try:
-            self._env = self._open(lock=True)
-        except lmdb.Error:
-            # A read-only folder cannot hold lock.mdb; with no writer able to
-            # touch such a database there is nothing to lock against.
-            try:
-                self._env = self._open(lock=False)
-            except lmdb.Error as err:
-                raise CaffeError(f"Cannot open LMDB {self.path}: {err}") from None
-
-    def _open(self, lock: bool) -> lmdb.Environment:
-        return lmdb.open(self.path, readonly=True, lock=lock, readahead=False, create=False,
-                         subdir=True)
+        # py-lmdb refuses a second environment on one database in a process,
+        # so share the one a Data layer may already hold.
+        self._env: lmdb.Environment | None = shared_env(self.path)
 
     def __len__(self) -> int:
         return int(self._env.stat()["entries"])
@@ -139,7 +121,8 @@ class LMDBReader:
             yield from txn.cursor().iternext(keys=True, values=True)
 
     def close(self) -> None:
-        self._env.close()
+        # Drop our reference; the shared environment closes with its last user.
+        self._env = None
 
     def __enter__(self) -> LMDBReader:
         return self

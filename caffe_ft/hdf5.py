@@ -50,9 +50,7 @@ def read_hdf5_weights(net: Net, path: str) -> LoadReport:
                 with torch.no_grad():
                     target.blobs[j].copy_(torch.from_numpy(values).reshape(target.blobs[j].shape))
             report.copied.append(name)
-    loaded = set(report.copied)
-    report.fresh = [layer.name for layer in net.layers if len(layer.blobs) and
-                    layer.name not in loaded]
+    report.note_fresh(net)
     return report
 
 

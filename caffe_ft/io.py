@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from caffe_ft.blobs import array_to_blob_proto, blob_proto_to_array
+from caffe_ft.data.datum import datum_to_array as _datum_to_array
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
 
@@ -68,10 +69,8 @@ def array_to_datum(arr: np.ndarray, label: int | None = None) -> caffe_pb2.Datum
 
 
 def datum_to_array(datum: caffe_pb2.Datum) -> np.ndarray:
-    shape = (datum.channels, datum.height, datum.width)
-    if len(datum.data):
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+    """C×H×W uint8 (`data`) or float32 (`float_data`); encoded Datums are decoded."""
+    return _datum_to_array(datum, "Datum")
 
 
 class Transformer:

@@ -158,20 +158,18 @@ class Net:
         self._net = CoreNet(param, phase, level, stages, source=os.fspath(network_file))
         self._net.to(_device)
         self._net.retain_blob_diffs = True
+        # Blob order is Caffe's: first appearance as a top. Wiring never changes,
+        # so the views are made once.
+        self._blobs = OrderedDict(
+            (name, Blob(self._net, name)) for tops in self._net.top_names for name in tops
+            if not name.startswith(AUTO_TOP))
         if weights:
             self.copy_from(weights)
 
     # -- pycaffe's collections -----------------------------------------
     @property
     def blobs(self) -> OrderedDict[str, Blob]:
-        names: list[str] = []
-        seen: set[str] = set()
-        for tops in self._net.top_names:
-            for name in tops:
-                if name not in seen and not name.startswith(AUTO_TOP):
-                    seen.add(name)
-                    names.append(name)
-        return OrderedDict((name, Blob(self._net, name)) for name in names)
+        return self._blobs
 
     @property
     def params(self) -> OrderedDict[str, list[ParamBlob]]:

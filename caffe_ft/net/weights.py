@@ -28,6 +28,12 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)   # source layers with no target
     fresh: list[str] = field(default_factory=list)     # target layers with params left at filler init
 
+    def note_fresh(self, net: Net) -> None:
+        """Record the net's layers with params that nothing was copied into."""
+        loaded = set(self.copied)
+        self.fresh = [layer.name for layer in net.layers
+                      if len(layer.blobs) and layer.name not in loaded]
+
     def table(self) -> str:
         rows = ([("copied", name) for name in self.copied] +
                 [("filler init (not in file)", name) for name in self.fresh] +
@@ -80,9 +86,7 @@ def copy_trained_layers(net: Net, source: caffe_pb2.NetParameter, path: str) -> 
             with torch.no_grad():
                 target.blobs[j].copy_(torch.from_numpy(values).reshape(target.blobs[j].shape))
         report.copied.append(src.name)
-    loaded = set(report.copied)
-    report.fresh = [layer.name for layer in net.layers if len(layer.blobs) and
-                    layer.name not in loaded]
+    report.note_fresh(net)
     return report
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from caffe_ft.data.prefetch import WORKERS_ENV
+from caffe_ft.solver.launch import spawn_ranks
 from test_solver_golden import GOLDEN, assert_models_close, stage_case
 
 pytestmark = pytest.mark.slow
@@ -35,13 +36,35 @@ def train(command: list[str], solver: Path) -> None:
                    capture_output=True, timeout=600)
 
 
-def test_two_gloo_processes_train_like_one_with_twice_the_batch(tmp_path: Path) -> None:
-    single = stage(tmp_path / "single", 32)
-    train([sys.executable, "-m", "caffe_ft"], single)
-    parallel = stage(tmp_path / "parallel", 16)
-    train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "caffe_ft"], parallel)
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The snapshot of one process at batch 32."""
+    solver = stage(tmp_path_factory.mktemp("single"), 32)
+    train([sys.executable, "-m", "caffe_ft"], solver)
+    return solver.parent / f"snap_iter_{ITERATIONS}.caffemodel"
+
+
+def assert_rank0_snapshot_matches(parallel: Path, single: Path) -> None:
     snapshot = f"snap_iter_{ITERATIONS}.caffemodel"
     # Only rank 0 snapshots.
     assert sorted(p.name for p in parallel.parent.glob("*.caffemodel")) == [snapshot]
-    assert_models_close(parallel.parent / snapshot, single.parent / snapshot)
+    assert_models_close(parallel.parent / snapshot, single)
+
+
+def test_two_gloo_processes_under_torchrun_train_like_one_with_twice_the_batch(
+        tmp_path: Path, single_run: Path) -> None:
+    parallel = stage(tmp_path, 16)
+    train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "caffe_ft"], parallel)
+    assert_rank0_snapshot_matches(parallel, single_run)
+
+
+def test_two_ranks_from_our_launcher_train_like_torchruns(
+        tmp_path: Path, single_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `train -gpu 0,1` runs when no torchrun started it; the ranks here
+    # have no -gpu, so they train on the CPU with gloo.
+    monkeypatch.setenv(WORKERS_ENV, "0")
+    parallel = stage(tmp_path, 16)
+    assert spawn_ranks(["train", "-solver", str(parallel), "-weights",
+                        str(GOLDEN / CASE / "init.caffemodel")], 2) == 0
+    assert_rank0_snapshot_matches(parallel, single_run)

@@ -97,6 +97,12 @@ def parse_flags(act: Action, argv: Sequence[str]) -> tuple[dict[str, Any], list[
     return values, positional
 
 
+def flag_arguments(values: dict[str, Any]) -> list[str]:
+    """Parsed flag values back as `-name=value` arguments (to re-run an action)."""
+    return [f"-{name}={str(value).lower() if isinstance(value, bool) else value}"
+            for name, value in values.items()]
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)

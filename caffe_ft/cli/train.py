@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from caffe_ft.cli import Flag, action
+from caffe_ft.cli import Flag, action, flag_arguments
 from caffe_ft.errors import CaffeError, UsageError
 from caffe_ft.log import logger, setup_logging
 from caffe_ft.proto import caffe_pb2
@@ -74,6 +74,7 @@ def device_for(ids: list[int]) -> torch.device:
         ])
 def train_action(flags: dict[str, Any], args: list[str]) -> int:
     from caffe_ft.solver import SignalHandler, Solver
+    from caffe_ft.solver.launch import spawn_ranks
     from caffe_ft.solver.parallel import DataParallel, join_process_group, launched_world_size
     from caffe_ft.solver.signals import action_from_flag
     from caffe_ft.upgrade import read_solver_text
@@ -97,10 +98,13 @@ def train_action(flags: dict[str, Any], args: list[str]) -> int:
                            "device; training on the CPU")
     ids = gpu_ids(gpu)
     world_size = launched_world_size()
+    if len(ids) > 1 and world_size == 1:
+        # One process per GPU, each re-running this command as one rank.
+        return spawn_ranks(["train", *flag_arguments({**flags, "gpu": gpu})], len(ids))
     if len(ids) > 1 and world_size != len(ids):
-        raise CaffeError(f"-gpu {gpu}: train on several GPUs with one process each: "
-                         f"torchrun --nproc_per_node={len(ids)} -m caffe_ft train ... "
-                         f"-gpu {gpu}")
+        raise CaffeError(f"-gpu {gpu} names {len(ids)} GPUs but the launcher started "
+                         f"{world_size} processes; start one process per GPU "
+                         f"(torchrun --nproc_per_node={len(ids)})")
     device = (torch.device("cuda", ids[int(os.environ.get("LOCAL_RANK", "0"))]) if ids
               else torch.device("cpu"))
     rank = join_process_group(device) if world_size > 1 else 0

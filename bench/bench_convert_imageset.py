@@ -4,10 +4,14 @@ Makes N realistic 500x375 JPEGs once (crops of the test photos, upscaled,
 with sensor-like noise, quality 90), then times, in the same run:
   (a) a plain loop: cv2.imread, cv2.resize to 256x256, Datum, LMDB put
       (committing every 1000 puts, as Caffe does);
-  (b) caffe_ft's builder with its default worker count, also to 256x256.
+  (b) caffe_ft's builder with its default worker count, also to 256x256;
+  (c) the decode and resize alone, on one thread: work no exact builder can
+      skip, since Caffe's pixels come from a full-size decode.
 Both databases must hold the same Datums. Prints images/s, CPU time per
 image (this process and its workers) and the ratio, --repeat times (the
-median ratio last: timings on a shared machine are noisy).
+median ratio last: timings on a shared machine are noisy), with the ceiling
+any builder has on this machine: the loop's time over (c) spread perfectly
+over every CPU.
 
     python bench/bench_convert_imageset.py [--count 1000] [--images DIR] [--repeat 3]
 """
@@ -79,6 +83,17 @@ def plain_loop(root: Path, listing: Path, db: Path) -> None:
     env.close()
 
 
+def decode_and_resize(root: Path, listing: Path) -> None:
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        for line in listing.read_text().splitlines():
+            cv2.resize(cv2.imread(str(root / line.rsplit(" ", 1)[0]), cv2.IMREAD_COLOR),
+                       (SIZE, SIZE))
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def timed(run, *args) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process and its finished children)."""
     def cpu() -> float:
@@ -91,7 +106,8 @@ def timed(run, *args) -> tuple[float, float]:
     return time.perf_counter() - start, cpu() - start_cpu
 
 
-def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int) -> float:
+def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int,
+             cpus: int) -> float:
     """One timing of each, back to back; prints them and returns the ratio."""
     for name in ("plain_db", "ours_db"):
         shutil.rmtree(work / name, ignore_errors=True)
@@ -99,11 +115,14 @@ def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int) 
     plain, plain_cpu = timed(plain_loop, images, listing, work / "plain_db")
     ours, ours_cpu = timed(convert_imageset, f"{images}/", listing, work / "ours_db",
                            ConvertOptions(resize_width=SIZE, resize_height=SIZE, workers=workers))
+    floor, _ = timed(decode_and_resize, images, listing)
     with LMDBReader(work / "plain_db") as a, LMDBReader(work / "ours_db") as b:
         assert list(a) == list(b), "the two databases differ"
     print(f"load {load:4.2f} | plain loop {count / plain:6.1f} images/s "
           f"({plain_cpu / count * 1e3:.2f} ms CPU/image) | caffe_ft {count / ours:6.1f} images/s "
-          f"({ours_cpu / count * 1e3:.2f} ms CPU/image) | ratio {plain / ours:.2f}x", flush=True)
+          f"({ours_cpu / count * 1e3:.2f} ms CPU/image) | decode+resize alone "
+          f"{floor / count * 1e3:.2f} ms/image | ratio {plain / ours:.2f}x "
+          f"(ceiling on {cpus} CPUs {plain / (floor / cpus):.2f}x)", flush=True)
     return plain / ours
 
 
@@ -125,7 +144,7 @@ def main() -> None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"{args.count} JPEGs {WIDTH}x{HEIGHT} -> {SIZE}x{SIZE}, {cpus} CPUs, "
               f"workers={args.workers or 'default'}")
-        ratios = [run_pair(images, listing, work, args.count, args.workers)
+        ratios = [run_pair(images, listing, work, args.count, args.workers, cpus)
                   for _ in range(args.repeat)]
         print(f"median ratio: {statistics.median(ratios):.2f}x")
     finally:

@@ -24,6 +24,7 @@ from caffe_ft.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
 from conftest import FIXTURES
+from solver_helpers import captured_log
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 GOLDEN_CASES = FIXTURES / "golden_data" / "layers"
@@ -124,7 +125,10 @@ def _data_net(source: Path, batch: int, extra: str = "", phase: int = TEST,
 def test_data_reads_key_order_and_wraps_around(small_db: tuple[Path, list[bytes]]) -> None:
     source, keys = small_db
     net = _data_net(source, batch=3)
-    batches = _batches(net, 4)  # 12 items over 5 records: two full wraps and a bit
+    with captured_log() as messages:
+        batches = _batches(net, 4)  # 12 items over 5 records: two full wraps and a bit
+    # Caffe's line, logged as the cursor passes the last record (after items 4 and 9).
+    assert messages.count("Restarting data prefetching from start.") == 2
     labels = np.concatenate([b["label"] for b in batches])
     expected = np.array([k % len(keys) for k in range(12)], np.float32)
     np.testing.assert_array_equal(labels, expected)

@@ -24,6 +24,7 @@ from caffe_ft.data.image_list import ListEntry
 from caffe_ft.data.rng import CaffeRNG
 from caffe_ft.data.transformer import DataTransformer
 from caffe_ft.errors import CaffeError
+from caffe_ft.log import logger
 
 
 # Makes the float32 arrays of a batch, given their shapes.
@@ -99,6 +100,10 @@ class DatumSource(BatchSource):
         self.cursor.seek(offset % self.cursor.count)
         where = datum_where(self.path, self.cursor.key())
         datum = parse_datum(self.cursor.value(), where)
+        if (offset + self.shard.size) // self.cursor.count > offset // self.cursor.count:
+            # Caffe's cursor passes the last record on its way to this rank's
+            # next one (data_layer.cpp Next()).
+            logger.info("Restarting data prefetching from start.")
         return self.transformer.datum_pixels(datum, where), float(datum.label), where
 
 

@@ -3,6 +3,7 @@ Datum) pairs, read in LMDB's byte-wise key order."""
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from types import TracebackType
 
@@ -40,6 +41,7 @@ class LMDBWriter:
                                   metasync=False, readahead=False)
         except lmdb.Error as err:
             raise CaffeError(f"Cannot create LMDB {self.path}: {err}") from None
+        self._flusher = _BackgroundFlush(os.path.join(self.path, "data.mdb"))
 
     @property
     def map_size(self) -> int:
@@ -70,6 +72,7 @@ class LMDBWriter:
                 raise CaffeError(f"Cannot write LMDB {self.path}: {err}") from None
         self._pending.clear()
         self._pending_bytes = 0
+        self._flusher.start()
 
     def _reserve(self) -> None:
         """Grow the map before a commit that would likely fill it: replaying
@@ -89,6 +92,7 @@ class LMDBWriter:
     def close(self) -> None:
         """Commit what is pending, flush everything to disk and close."""
         self.commit()
+        self._flusher.close()
         self._env.sync(True)
         self._env.close()
 
@@ -100,7 +104,40 @@ class LMDBWriter:
         if kind is None:
             self.close()
         else:
+            self._flusher.close(check=False)
             self._env.close()
+
+
+class _BackgroundFlush:
+    """Writes committed pages to disk in a thread while the next batch is
+    built, so the flush at close() finds little left: disk and CPU work
+    overlap instead of the build ending with one long fdatasync."""
+
+    def __init__(self, data_file: str) -> None:
+        self._path = data_file
+        self._fd = os.open(data_file, os.O_RDONLY)
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def start(self) -> None:
+        """Flush what is committed, unless a flush is still running (the
+        next one, or close(), takes the rest)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._flush, daemon=True)
+            self._thread.start()
+
+    def _flush(self) -> None:
+        try:
+            os.fdatasync(self._fd)
+        except OSError as err:
+            self._error = err
+
+    def close(self, check: bool = True) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        os.close(self._fd)
+        if check and self._error is not None:
+            raise CaffeError(f"Cannot write {self._path} to disk: {self._error}")
 
 
 class LMDBReader:

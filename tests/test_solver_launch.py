@@ -12,6 +12,7 @@ import pytest
 
 from caffe_ft.cli import flag_arguments, main
 from caffe_ft.solver import launch
+from solver_helpers import captured_log
 
 
 def test_rank_environment_is_torchruns() -> None:
@@ -49,12 +50,12 @@ def test_a_rank_killed_by_a_signal_gives_128_plus_it() -> None:
     assert launch._wait([victim]) == 128 + 15
 
 
-def test_spawned_ranks_report_their_error(tmp_path: Path, capfd: pytest.CaptureFixture,
-                                          caplog: pytest.LogCaptureFixture) -> None:
+def test_spawned_ranks_report_their_error(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     missing = tmp_path / "missing.prototxt"
-    assert launch.spawn_ranks(["train", "-solver", str(missing)], 2) == 1
+    with captured_log() as messages:
+        assert launch.spawn_ranks(["train", "-solver", str(missing)], 2) == 1
     assert f"Solver file not found: {missing}" in capfd.readouterr().err
-    assert "exited with code 1; stopping the others" in caplog.text
+    assert any("exited with code 1; stopping the others" in m for m in messages)
 
 
 def test_gpu_list_without_cuda_is_an_error(tmp_path: Path,

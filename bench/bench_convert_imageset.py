@@ -144,6 +144,10 @@ def main() -> None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"{args.count} JPEGs {WIDTH}x{HEIGHT} -> {SIZE}x{SIZE}, {cpus} CPUs, "
               f"workers={args.workers or 'default'}")
+        # An untimed pair first: the first run of each pays one-off costs
+        # (imports, fresh memory) that would flatter or hurt one side.
+        print("warm-up: ", end="")
+        run_pair(images, listing, work, args.count, args.workers, cpus)
         ratios = [run_pair(images, listing, work, args.count, args.workers, cpus)
                   for _ in range(args.repeat)]
         print(f"median ratio: {statistics.median(ratios):.2f}x")

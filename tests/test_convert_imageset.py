@@ -26,6 +26,7 @@ from caffe_ft.data.convert_imageset import (
     ConvertOptions,
     convert_imageset,
 )
+from caffe_ft.data.datum import RawDatum
 from caffe_ft.data.image_list import parse_list_file
 from caffe_ft.data.lmdb_io import LMDBReader, LMDBWriter
 from caffe_ft.data.progress import Progress
@@ -358,6 +359,33 @@ def test_workers_return_results_in_input_order(chunk: int) -> None:
         assert list(pool.map(range(60), chunk, ahead=2)) == [i * i for i in range(60)]
     finally:
         pool.close()
+
+
+def _sized_payload(_: None, size: int) -> tuple[bytes, int]:
+    return bytes([size % 251]) * size, size
+
+
+def test_payloads_through_shared_arenas_or_the_pipe_when_too_big() -> None:
+    # 100-byte arenas: payloads of a chunk fill it in turn, the rest overflow.
+    pool = OrderedWorkers(_sized_payload, None, 2, arena_bytes=100)
+    sizes = [0, 30, 60, 99, 101, 250, 5, 50, 40, 70] * 3
+    try:
+        got = [(bytes(payload), size) for payload, size in pool.map(sizes, 3, ahead=2)]
+    finally:
+        pool.close()
+    assert got == [_sized_payload(None, size) for size in sizes]
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (3, 2, 3), (7, 1, 4)])
+@pytest.mark.parametrize("label", [0, 3, 300, 2**31 - 1, -1, -2**31])
+def test_raw_datum_bytes_equal_protobufs(shape: tuple[int, ...], label: int) -> None:
+    image = np.random.default_rng(0).integers(0, 256, shape, np.uint8)
+    chw = image.reshape(shape[0], shape[1], -1).transpose(2, 0, 1)
+    expected = caffe_pb2.Datum(channels=chw.shape[0], height=chw.shape[1], width=chw.shape[2],
+                               data=chw.tobytes(), label=label, encoded=False)
+    raw = RawDatum(image, label, "test image")
+    assert bytes(raw) == expected.SerializeToString()
+    assert len(raw) == expected.ByteSize() and raw.data_size == chw.size
 
 
 def test_worker_errors_and_deaths_reach_the_main_process() -> None:

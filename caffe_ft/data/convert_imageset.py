@@ -24,7 +24,7 @@ from typing import TextIO
 
 import cv2
 
-from caffe_ft.data.datum import ImageReadError, file_extension, read_image_to_datum
+from caffe_ft.data.datum import ImageReadError, RawDatum, file_extension, read_image_to_datum
 from caffe_ft.data.image_list import (
     ListEntry,
     parse_list_file,
@@ -42,6 +42,9 @@ from caffe_ft.log import logger
 
 # How many skipped images the final summary names (each was warned about).
 _SUMMARY_NAMES = 10
+# Shared memory per chunk in flight: 8 raw 256×256 Datums fit; larger Datums
+# (images stored unresized) overflow into the worker's pipe.
+_ARENA_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,8 @@ def _write(job: _Job, entries: list[ListEntry], folder: Path, workers: int, chec
                         raise CaffeError(
                             f"{job.root + entry.path}: incorrect data field size {size}; "
                             f"-check_size expects {data_size} as in the first image")
+                if isinstance(value, RawDatum):  # made here, or sent without shared memory
+                    value = bytes(value)
                 writer.put(b"%08d_" % index + path_bytes(entry.path), value)
                 summary.written += 1
             progress.advance(value is not None)
@@ -180,7 +185,11 @@ def _write(job: _Job, entries: list[ListEntry], folder: Path, workers: int, chec
     return summary
 
 
-Record = tuple[bytes | None, int, str]  # (serialized Datum, its data size, why skipped)
+# (serialized Datum, its data size, why skipped). encode_entry gives a raw
+# Datum as a RawDatum, which workers write straight into shared memory; from
+# them it comes back as a view of that memory, valid until the next record
+# is taken.
+Record = tuple[RawDatum | bytes | memoryview | None, int, str]
 
 
 def encode_entry(job: _Job, task: tuple[str, int]) -> Record:
@@ -195,6 +204,8 @@ def encode_entry(job: _Job, task: tuple[str, int]) -> Record:
                                     job.is_color, encoding)
     except ImageReadError as err:
         return None, 0, str(err)
+    if isinstance(datum, RawDatum):
+        return datum, datum.data_size, ""
     return datum.SerializeToString(), len(datum.data), ""
 
 
@@ -206,11 +217,11 @@ def _encoded_records(job: _Job, entries: list[ListEntry], workers: int) -> Itera
     if workers <= 1:
         yield (encode_entry(job, task) for task in tasks)
         return
-    # Small chunks keep the messages small (a raw 256×256 Datum is 192 KiB)
+    # Small chunks keep the arenas small (a raw 256×256 Datum is 192 KiB)
     # while still amortizing the round trip.
     chunk = max(1, min(8, len(entries) // (workers * 8)))
-    pool: OrderedWorkers[_Job, tuple[str, int], Record] = OrderedWorkers(encode_entry, job,
-                                                                         workers)
+    pool: OrderedWorkers[_Job, tuple[str, int], Record] = OrderedWorkers(
+        encode_entry, job, workers, arena_bytes=_ARENA_BYTES)
     try:
         yield pool.map(tasks, chunk)
     finally:

@@ -21,15 +21,53 @@ class ImageReadError(CaffeError):
     it, as Caffe does, where other errors stop the build."""
 
 
-def image_to_datum(image: np.ndarray, label: int, where: str) -> caffe_pb2.Datum:
-    """Caffe's CVMatToDatum: an H×W (gray) or H×W×C uint8 image as a raw Datum.
+class RawDatum:
+    """Caffe's CVMatToDatum for an H×W (gray) or H×W×C uint8 image, as the
+    bytes Datum.SerializeToString() gives for channels, height, width, data
+    (C×H×W), label and encoded=false (set explicitly, as Caffe does), written
+    in one pass by write_into: a 200 KB image then costs one strided copy
+    instead of a transpose, a message and its serialization."""
 
-    `encoded` is set to false explicitly, as Caffe does, so the serialized
-    bytes equal Caffe's.
-    """
-    chw = image_to_array(image, where)
-    return caffe_pb2.Datum(channels=chw.shape[0], height=chw.shape[1], width=chw.shape[2],
-                           data=chw.tobytes(), label=label, encoded=False)
+    def __init__(self, image: np.ndarray, label: int, where: str) -> None:
+        self.pixels = image_to_array(image, where)  # a C×H×W view
+        channels, height, width = self.pixels.shape
+        self.data_size = channels * height * width
+        self._head = b"".join((_field(1, 0), _varint(channels), _field(2, 0), _varint(height),
+                               _field(3, 0), _varint(width), _field(4, 2),
+                               _varint(self.data_size)))
+        self._tail = _field(5, 0) + _varint(label) + _field(7, 0) + b"\x00"
+
+    def __len__(self) -> int:
+        return len(self._head) + self.data_size + len(self._tail)
+
+    def write_into(self, out: memoryview) -> None:
+        """Write the serialized Datum at the start of `out`."""
+        start, end = len(self._head), len(self._head) + self.data_size
+        out[:start] = self._head
+        np.copyto(np.frombuffer(out, np.uint8, self.data_size, start).reshape(self.pixels.shape),
+                  self.pixels)
+        out[end:len(self)] = self._tail
+
+    def __bytes__(self) -> bytes:
+        buffer = bytearray(len(self))
+        self.write_into(memoryview(buffer))
+        return bytes(buffer)
+
+
+def _field(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's varint; a negative int32 is sign-extended to 64 bits."""
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            out.append(low)
+            return bytes(out)
+        out.append(low | 0x80)
 
 
 def encoded_datum(data: bytes, label: int) -> caffe_pb2.Datum:
@@ -101,8 +139,8 @@ def _extension_matches(path: str, encoding: str) -> bool:
 
 
 def read_image_to_datum(filename: str, label: int, height: int, width: int, is_color: bool,
-                        encoding: str) -> caffe_pb2.Datum:
-    """Caffe's ReadImageToDatum.
+                        encoding: str) -> RawDatum | caffe_pb2.Datum:
+    """Caffe's ReadImageToDatum: a RawDatum, or with an encoding an encoded Datum.
 
     The image is decoded (gray or 3-channel BGR) and, when both `height` and
     `width` are > 0, resized with bilinear interpolation. With an `encoding`,
@@ -126,7 +164,7 @@ def read_image_to_datum(filename: str, label: int, height: int, width: int, is_c
     if height > 0 and width > 0:
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
     if not encoding:
-        return image_to_datum(image, label, filename)
+        return RawDatum(image, label, filename)
     # Caffe keeps the file only if *neither* dim was given: a single resize
     # dim does not resize, but it still forces a re-encode.
     if height == 0 and width == 0 and _extension_matches(filename, encoding):

@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 import time
+from typing import TextIO
 
 LOGGER_NAME = "caffe_ft"
 logger = logging.getLogger(LOGGER_NAME)
@@ -30,9 +31,62 @@ class GlogFormatter(logging.Formatter):
         return prefix + text
 
 
+class StatusLine:
+    """A live line (a progress bar) under the log on an interactive terminal.
+
+    Log records written to the same stream erase it first and draw it again
+    after themselves, so log lines stay whole and in order for anyone reading
+    the terminal, and a log sent to a file or a pipe never sees it (it is
+    only drawn when the stream is a terminal)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._text = ""
+        self._shown = False
+
+    def __enter__(self) -> StatusLine:
+        if self.enabled:
+            _status_lines.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(keep=False)
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            self._text = text
+            self._draw()
+
+    def close(self, keep: bool) -> None:
+        """Stop drawing; `keep` leaves the last text as an ordinary line."""
+        if self in _status_lines:
+            _status_lines.remove(self)
+        if self._shown:
+            self.stream.write("\n" if keep else "\r\x1b[K")
+            self.stream.flush()
+            self._shown = False
+
+    def _erase(self) -> None:
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self._shown = False
+
+    def _draw(self) -> None:
+        if self._text:
+            self.stream.write(f"\r{self._text}\x1b[K")
+            self.stream.flush()
+            self._shown = True
+
+
+# The status lines being drawn now (normally one).
+_status_lines: list[StatusLine] = []
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time of the record, so a
-    redirected or captured stderr (tests, embedding apps) keeps working."""
+    redirected or captured stderr (tests, embedding apps) keeps working;
+    a status line on that stream is erased around each record."""
 
     @property
     def stream(self):  # type: ignore[override]
@@ -41,6 +95,14 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, _value) -> None:
         pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = [line for line in _status_lines if line.stream is self.stream]
+        for line in lines:
+            line._erase()
+        super().emit(record)
+        for line in lines:
+            line._draw()
 
 
 def setup_logging(level: int = logging.INFO, stream=None) -> logging.Handler:

@@ -326,19 +326,19 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(log_messages: list[s
             return True
 
     screen = Terminal()
-    bar = Progress(4, screen)
-    for wrote in (True, False, True, True):
-        bar.advance(wrote)
-    bar.finish()
+    with Progress(4, screen) as bar:
+        for wrote in (True, False, True, True):
+            bar.advance(wrote)
+        bar.finish()
     assert "4/4" in screen.getvalue() and "img/s" in screen.getvalue()
-    assert "ETA 0:00:00" in screen.getvalue()
+    assert "ETA 0:00:00" in screen.getvalue() and screen.getvalue().endswith("\n")
     assert log_messages == ["Processed 3 files."]
 
     log_messages.clear()
-    lines = Progress(5, io.StringIO(), log_every=2)
-    for _ in range(5):
-        lines.advance(True)
-    lines.finish()
+    with Progress(5, io.StringIO(), log_every=2) as lines:
+        for _ in range(5):
+            lines.advance(True)
+        lines.finish()
     assert log_messages == [f"Processed {n} files." for n in (2, 4, 5)]
 
 

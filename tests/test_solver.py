@@ -2,9 +2,11 @@
 display and smoothing, tests, snapshots and restore, signals."""
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 import torch
 
 from caffe_ft.errors import CaffeError
+from caffe_ft.log import setup_logging
 from caffe_ft.net.weights import copy_trained_layers_from
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary
@@ -235,3 +238,46 @@ def test_same_random_seed_same_fillers() -> None:
 def test_average_loss_must_be_positive() -> None:
     with pytest.raises(CaffeError, match="average_loss should be non-negative"):
         make_solver("average_loss: 0")
+
+
+def _screen(text: str) -> list[str]:
+    """What a terminal shows after `text`: \\r returns, ESC[K erases to the end."""
+    lines, column = [""], 0
+    for part in re.split(r"(\r|\n|\x1b\[K)", text):
+        if part == "\n":
+            lines.append("")
+            column = 0
+        elif part == "\r":
+            column = 0
+        elif part == "\x1b[K":
+            lines[-1] = lines[-1][:column]
+        else:
+            line = lines[-1]
+            lines[-1] = line[:column] + part + line[column + len(part):]
+            column += len(part)
+    return lines
+
+
+def test_progress_line_on_a_terminal_leaves_the_log_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    setup_logging()
+    with captured_log() as messages:
+        make_solver("max_iter: 5 display: 1").solve()
+    assert "Iteration 5/5 [" in terminal.getvalue() and "iter/s, loss" in terminal.getvalue()
+    prefix = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ [^\]]+\] ")
+    shown = [prefix.sub("", line) for line in _screen(terminal.getvalue()) if line]
+    # Every log line is on the screen whole, in order, and nothing else is.
+    assert shown == [line for message in messages for line in message.split("\n") if line]
+
+
+def test_no_progress_line_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    setup_logging()
+    make_solver("max_iter: 3 display: 1").solve()
+    assert "\r" not in stream.getvalue() and "Iteration 3/3" not in stream.getvalue()

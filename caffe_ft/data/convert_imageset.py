@@ -159,12 +159,11 @@ def _write(job: _Job, entries: list[ListEntry], folder: Path, workers: int, chec
     data_size: int | None = None
     # The pool forks before LMDB opens: a forked child must not inherit an
     # open LMDB environment.
-    with _encoded_records(job, entries, workers) as records, LMDBWriter(folder) as writer:
-        progress = Progress(len(entries), stream)
+    with _encoded_records(job, entries, workers) as records, LMDBWriter(folder) as writer, \
+            Progress(len(entries), stream) as progress:
         for index, (entry, (value, size, why)) in enumerate(zip(entries, records)):
             interrupts.check()
             if value is None:
-                progress.clear()
                 logger.warning("Skipping line %d (%s): %s", entry.line, entry.path, why)
                 summary.skipped.append((entry.path, why))
             else:

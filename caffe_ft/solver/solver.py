@@ -25,6 +25,7 @@ from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.solver.lr_policy import check_policy, learning_rate
 from caffe_ft.solver.nets import build_test_nets, build_train_net, resolve_path
+from caffe_ft.solver.progress import TrainingProgress
 from caffe_ft.solver.regularize import (
     check_regularization,
     clip_gradients,
@@ -117,6 +118,8 @@ class Solver:
         self.gradient_hooks: list[Callable[[Solver], None]] = []
         # Turns this process's signal request into the one every rank acts on.
         self.action_sync: Callable[[SolverAction], SolverAction] | None = None
+        # The terminal's live training line, while solve() runs.
+        self.progress: TrainingProgress | None = None
 
     # -- snapshot files -------------------------------------------------
     def _check_snapshot_prefix(self) -> None:
@@ -194,7 +197,9 @@ class Solver:
         logger.info("Learning Rate Policy: %s", param.lr_policy)
         self.requested_early_exit = False
         start_iter = self.iter
-        self.step(param.max_iter - self.iter)
+        with TrainingProgress(self.iter, param.max_iter) as self.progress:
+            self.step(param.max_iter - self.iter)
+        self.progress = None
         if param.snapshot_after_train and (not param.snapshot or self.iter % param.snapshot):
             self.snapshot()
         if self.requested_early_exit:
@@ -252,6 +257,8 @@ class Solver:
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
                 break
+            if self.progress is not None:
+                self.progress.update(self.iter, float(self._smoothed.value))
 
     def _forward_backward(self) -> np.float32:
         loss = self.net.forward()

@@ -100,6 +100,10 @@ class _StderrHandler(logging.StreamHandler):
         lines = [line for line in _status_lines if line.stream is self.stream]
         for line in lines:
             line._erase()
+        if not lines and getattr(self.stream, "isatty", lambda: False)():
+            # A status line another process draws (this is a data worker, say)
+            # is erased too, so the record starts at the left margin.
+            self.stream.write("\r\x1b[K")
         super().emit(record)
         for line in lines:
             line._draw()

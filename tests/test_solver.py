@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import setup_logging
+from caffe_ft.log import logger, setup_logging
 from caffe_ft.net.weights import copy_trained_layers_from
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary
@@ -281,3 +281,17 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(monkeypatch: pytest.Monk
     setup_logging()
     make_solver("max_iter: 3 display: 1").solve()
     assert "\r" not in stream.getvalue() and "Iteration 3/3" not in stream.getvalue()
+
+
+def test_a_record_on_a_terminal_erases_another_process_status_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    terminal.write("\rIteration 3/9 [###......]")  # drawn by the main process
+    monkeypatch.setattr(sys, "stderr", terminal)
+    setup_logging()
+    logger.info("Restarting data prefetching from start.")  # logged in a data worker
+    assert _screen(terminal.getvalue())[0].endswith("] Restarting data prefetching from start.")

@@ -294,4 +294,5 @@ def test_a_record_on_a_terminal_erases_another_process_status_line(
     monkeypatch.setattr(sys, "stderr", terminal)
     setup_logging()
     logger.info("Restarting data prefetching from start.")  # logged in a data worker
-    assert _screen(terminal.getvalue())[0].endswith("] Restarting data prefetching from start.")
+    assert re.fullmatch(r"I\d{4} .*\] Restarting data prefetching from start\.",
+                        _screen(terminal.getvalue())[0])

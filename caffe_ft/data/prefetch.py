@@ -24,12 +24,12 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import torch.multiprocessing  # noqa: F401  (lets spawned workers receive shared tensors)
 
-from caffe_ft.data.sources import BatchSource, Shard, new_arrays
+from caffe_ft.data.sources import BatchStream, Shard, new_arrays
+from caffe_ft.data.workers import opencv_single_threaded
 from caffe_ft.errors import CaffeError
 
 WORKERS_ENV = "CAFFE_FT_DATA_WORKERS"
@@ -113,12 +113,10 @@ class _SlotAllocator:
         return arrays
 
 
-def _worker_loop(source: BatchSource, worker: int, workers: int, slots: list[torch.Tensor],
+def _worker_loop(source: BatchStream, worker: int, workers: int, slots: list[torch.Tensor],
                  free: Any, full: Any, parent: int) -> None:
     # Ctrl-C reaches the whole process group; the main process stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # The workers already fill the CPUs; OpenCV's own threads would oversubscribe them.
-    cv2.setNumThreads(1)
     index = worker
     while True:
         try:
@@ -149,7 +147,7 @@ class _Pool:
     """Worker processes, their slots and queues, and the receiver thread that
     puts finished batches, in order, on `ready`."""
 
-    def __init__(self, source: BatchSource, workers: int, slots_per_worker: int,
+    def __init__(self, source: BatchStream, workers: int, slots_per_worker: int,
                  slot_bytes: int, pin: bool) -> None:
         # fork starts workers in milliseconds with everything imported; other
         # platforms, where fork is unsafe, get spawn (the source is picklable).
@@ -170,8 +168,12 @@ class _Pool:
                             args=(source, worker, workers, self.slots[worker],
                                   self.free[worker], self.full[worker], os.getpid()))
             for worker in range(workers)]
-        for process in self.processes:
-            process.start()
+        # The workers already fill the CPUs, so OpenCV runs single-threaded in
+        # them; the setting is made around the fork because a child changing it
+        # waits forever on the parent's OpenCV threads, which it does not have.
+        with opencv_single_threaded():
+            for process in self.processes:
+                process.start()
         self.receiver = threading.Thread(target=self._receive, daemon=True,
                                          name="caffe_ft-data-receiver")
         self.receiver.start()
@@ -249,7 +251,7 @@ class Prefetcher:
     `depth` batches buffered (0 workers: read in the calling process when
     asked, Caffe's work without its prefetch thread)."""
 
-    def __init__(self, source: BatchSource, workers: int, depth: int,
+    def __init__(self, source: BatchStream, workers: int, depth: int,
                  top_shapes: list[tuple[int, ...]]) -> None:
         self.source = source
         self.workers = workers

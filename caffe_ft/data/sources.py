@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Protocol
 from dataclasses import dataclass
 
 import cv2
@@ -33,6 +34,13 @@ Allocator = Callable[[list[tuple[int, ...]]], list[np.ndarray]]
 
 def new_arrays(shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
     return [np.empty(shape, np.float32) for shape in shapes]
+
+
+class BatchStream(Protocol):
+    """What a Prefetcher reads: any batch, by index alone, in given arrays."""
+    batch_size: int
+
+    def load_batch(self, index: int, allocate: Allocator = new_arrays) -> list[np.ndarray]: ...
 
 
 @dataclass(frozen=True)

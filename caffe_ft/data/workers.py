@@ -74,7 +74,7 @@ class OrderedWorkers(Generic[C, T, R]):
             [mmap.mmap(-1, arena_bytes) for _ in range(_ARENAS_PER_WORKER)] if use_arenas else []
             for _ in range(count)]
         try:
-            with _opencv_single_threaded():
+            with opencv_single_threaded():
                 for worker in range(count):
                     mine, theirs = ctx.Pipe()
                     proc = ctx.Process(target=_serve, daemon=True,
@@ -246,7 +246,7 @@ def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 @contextlib.contextmanager
-def _opencv_single_threaded() -> Iterator[None]:
+def opencv_single_threaded() -> Iterator[None]:
     """Fork workers while OpenCV is set to one thread, so each worker runs it
     single-threaded (the workers already use every core). Setting it in the
     worker instead can hang: a forked child inherits the parent's OpenCV

@@ -477,7 +477,9 @@ def test_dummydata_errors(param: str, message: str) -> None:
              f'dummy_data_param {{ {param} }} }}')
 
 
-def test_windowdata_is_refused_by_name() -> None:
-    with pytest.raises(CaffeError, match="Layer 'win' \\(WindowData\\): .*not supported"):
+def test_windowdata_names_its_missing_window_file() -> None:
+    with pytest.raises(CaffeError, match="Layer 'win' \\(WindowData\\): Failed to open window "
+                                         "file windows.txt"):
         _net('layer { name: "win" type: "WindowData" top: "data" top: "label" '
+             'transform_param { crop_size: 8 } '
              'window_data_param { source: "windows.txt" batch_size: 1 } }')

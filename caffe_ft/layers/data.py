@@ -24,7 +24,8 @@ from caffe_ft.data.image_list import parse_list_file
 from caffe_ft.data.prefetch import Prefetcher, default_workers, train_shard
 from caffe_ft.data.rng import seed_from_torch
 from caffe_ft.data.sources import BatchSource, DatumSource, ImageListSource, Shard
-from caffe_ft.data.transformer import DataTransformer
+from caffe_ft.data.transformer import DataTransformer, load_mean_file
+from caffe_ft.data.windows import WindowFile, WindowSource, read_window_file
 from caffe_ft.errors import CaffeError
 from caffe_ft.fillers import KNOWN as KNOWN_FILLERS
 from caffe_ft.fillers import fill
@@ -354,13 +355,103 @@ class DummyData(Layer):
 
 
 @register("WindowData")
-class WindowData(Layer):
-    """R-CNN's window sampler, not implemented: refused with a clear error."""
-    bottoms = (0, None)
-    tops = (0, None)
+class WindowData(_PrefetchingLayer):
+    """R-CNN's window sampler (see caffe_ft.data.windows): each batch holds
+    batch_size - int(batch_size * fg_fraction) background windows, then the
+    foreground ones, warped with context_pad to transform_param.crop_size,
+    mirrored at random with transform_param.mirror, minus the mean_file or
+    mean_value, times window_data_param.scale."""
+    tops = (2, 2)
 
-    def __init__(self, param: caffe_pb2.LayerParameter, phase: int) -> None:
-        super().__init__(param, phase)
-        raise self.error("WindowData (R-CNN's window sampler) is not supported by caffe_ft; "
-                         "crop the windows into image files and read them with ImageData, or "
-                         "into an LMDB (convert_imageset) read by Data")
+    def setup(self, bottom_shapes: Sequence[Shape]) -> None:
+        param = self.param.window_data_param
+        transform = self.param.transform_param
+        logger.info("Window data layer:\n  foreground (object) overlap threshold: %g\n"
+                    "  background (non-object) overlap threshold: %g\n"
+                    "  foreground sampling fraction: %g\n  cache_images: %d\n  root_folder: %s",
+                    param.fg_threshold, param.bg_threshold, param.fg_fraction,
+                    param.cache_images, param.root_folder)
+        _warn_ignored(self, param, ("mean_file", "crop_size", "mirror"))
+        for name in ("scale", "force_color", "force_gray"):
+            if transform.HasField(name):
+                logger.warning("Layer '%s': transform_param.%s is ignored by WindowData, as in "
+                               "Caffe (it scales by window_data_param.scale and reads color)",
+                               self.name, name)
+        if param.batch_size <= 0:
+            raise self.error("window_data_param.batch_size must be > 0")
+        crop = int(transform.crop_size)
+        if crop <= 0:
+            raise self.error("transform_param.crop_size must be > 0: the size every window is "
+                             "warped to")
+        if 2 * param.context_pad >= crop:
+            raise self.error(f"context_pad {param.context_pad} leaves no room for the window "
+                             f"in a {crop}x{crop} crop")
+        if param.crop_mode not in ("warp", "square"):
+            logger.warning("Layer '%s': crop_mode '%s' is not 'square', so windows are warped "
+                           "(as Caffe does)", self.name, param.crop_mode)
+        try:
+            windows = read_window_file(param.source, param.root_folder, param.fg_threshold,
+                                       param.bg_threshold)
+        except CaffeError as err:
+            raise self.error(str(err)) from None
+        for index, image, channels, height, width, count in windows.headers:
+            if index % 100 == 0:
+                logger.info("num: %d %s %d %d %d windows to process: %d", index, image,
+                            channels, height, width, count)
+        logger.info("Number of images: %d", len(windows.images))
+        for label, count in sorted(windows.class_counts.items()):
+            logger.info("class %d has %d samples", label, count)
+        logger.info("Amount of context padding: %d", param.context_pad)
+        logger.info("Crop mode: %s", param.crop_mode)
+        if not windows.foreground or not windows.background:
+            raise self.error(f"{param.source} holds {len(windows.foreground)} foreground and "
+                             f"{len(windows.background)} background windows; a batch needs "
+                             f"both (check fg_threshold and bg_threshold)")
+        if windows.channels != 3:
+            raise self.error(f"{param.source}: images have {windows.channels} channels; "
+                             f"WindowData reads every image in color (3 channels)")
+        source = WindowSource(windows, param.batch_size, crop, bool(transform.mirror),
+                              param.context_pad, param.crop_mode == "square", param.fg_fraction,
+                              param.scale, self._mean(crop), self._mean_values(),
+                              self._seed(), labels=True,
+                              cached=self._cache(windows) if param.cache_images else None)
+        self.start(source, (windows.channels, crop, crop))
+
+    def _mean(self, crop: int) -> np.ndarray | None:
+        transform = self.param.transform_param
+        if not transform.HasField("mean_file"):
+            return None
+        if len(transform.mean_value):
+            raise self.error("Cannot specify mean_file and mean_value at the same time")
+        logger.info("Loading mean file from: %s", transform.mean_file)
+        mean = load_mean_file(transform.mean_file)
+        offset = (mean.shape[2] - crop) // 2
+        if mean.shape[0] != 3 or mean.shape[2] < crop or mean.shape[1] < offset + crop:
+            raise self.error(f"mean_file {transform.mean_file} is "
+                             f"{'x'.join(map(str, mean.shape))}; WindowData needs 3 channels "
+                             f"and room for the {crop}x{crop} crop at its centre")
+        return mean
+
+    def _mean_values(self) -> np.ndarray:
+        values = np.asarray(self.param.transform_param.mean_value, np.float32)
+        if values.size not in (0, 1, 3):
+            raise self.error(f"Specify either 1 mean_value or as many as channels: 3 (got "
+                             f"{values.size})")
+        return np.repeat(values, 3) if values.size == 1 else values
+
+    def _seed(self) -> int:
+        # Each rank samples its own windows, as each Caffe solver has its own generator.
+        shard = train_shard() if self.phase == TRAIN else Shard()
+        return (seed_from_torch() + shard.rank) & 0xFFFFFFFF
+
+    def _cache(self, windows: WindowFile) -> dict[int, bytes]:
+        """cache_images: every image file's bytes, read once at setup."""
+        cached = {}
+        for index, path in enumerate(windows.images):
+            try:
+                with open(path, "rb") as handle:
+                    cached[index] = handle.read()
+            except OSError as err:
+                raise self.error(f"Could not open or find file {path} "
+                                 f"({err.strerror or err})") from None
+        return cached

@@ -5,8 +5,9 @@ with sensor-like noise, quality 90), then times, in the same run:
   (a) a plain loop: cv2.imread, cv2.resize to 256x256, Datum, LMDB put
       (committing every 1000 puts, as Caffe does);
   (b) caffe_ft's builder with its default worker count, also to 256x256;
-  (c) the decode and resize alone, on one thread: work no exact builder can
-      skip, since Caffe's pixels come from a full-size decode.
+  (c) the work no exact builder can skip, on one thread: the decode and
+      resize (Caffe's pixels come from a full-size decode), then writing the
+      finished Datums to a fresh LMDB.
 Both databases must hold the same Datums. Prints images/s, CPU time per
 image (this process and its workers) and the ratio, --repeat times (the
 median ratio last: timings on a shared machine are noisy), with the ceiling
@@ -94,6 +95,14 @@ def decode_and_resize(root: Path, listing: Path) -> None:
         cv2.setNumThreads(threads)
 
 
+def write_only(records: list[tuple[bytes, bytes]], db: Path) -> None:
+    env = lmdb.open(str(db), map_size=1 << 40)
+    with env.begin(write=True) as txn:
+        for key, value in records:
+            txn.put(key, value)
+    env.close()
+
+
 def timed(run, *args) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process and its finished children)."""
     def cpu() -> float:
@@ -115,14 +124,19 @@ def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int,
     plain, plain_cpu = timed(plain_loop, images, listing, work / "plain_db")
     ours, ours_cpu = timed(convert_imageset, f"{images}/", listing, work / "ours_db",
                            ConvertOptions(resize_width=SIZE, resize_height=SIZE, workers=workers))
-    floor, _ = timed(decode_and_resize, images, listing)
+    decode, _ = timed(decode_and_resize, images, listing)
     with LMDBReader(work / "plain_db") as a, LMDBReader(work / "ours_db") as b:
-        assert list(a) == list(b), "the two databases differ"
+        records = list(a)
+        assert records == list(b), "the two databases differ"
+    shutil.rmtree(work / "write_db", ignore_errors=True)
+    write, _ = timed(write_only, records, work / "write_db")
+    floor = decode + write
     print(f"load {load:4.2f} | plain loop {count / plain:6.1f} images/s "
           f"({plain_cpu / count * 1e3:.2f} ms CPU/image) | caffe_ft {count / ours:6.1f} images/s "
           f"({ours_cpu / count * 1e3:.2f} ms CPU/image) | decode+resize alone "
-          f"{floor / count * 1e3:.2f} ms/image | ratio {plain / ours:.2f}x "
-          f"(ceiling on {cpus} CPUs {plain / (floor / cpus):.2f}x)", flush=True)
+          f"{decode / count * 1e3:.2f} + LMDB {write / count * 1e3:.2f} ms/image | "
+          f"ratio {plain / ours:.2f}x (ceiling on {cpus} CPUs {plain / (floor / cpus):.2f}x)",
+          flush=True)
     return plain / ours
 
 

@@ -182,3 +182,56 @@ def test_bad_bases_are_rejected(text: str, message: str) -> None:
 def test_absval_refuses_in_place() -> None:
     with pytest.raises(CaffeError, match="in-place"):
         make('name: "a" type: "AbsVal" bottom: "x" top: "x"', [X.shape])
+
+
+def _normal(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((2, 3, 4)).astype(np.float32)
+
+
+# Caffe's backward of each layer as a function of (bottom data, top data);
+# run in place, Caffe evaluates it with the bottom's data overwritten by the top.
+def _bnll_caffe(bottom: np.ndarray, top: np.ndarray) -> np.ndarray:
+    e = np.exp(np.minimum(bottom, 50.0))
+    return e / (e + 1)
+
+
+IN_PLACE_CASES = [
+    ('type: "ReLU" relu_param { negative_slope: -0.5 }',
+     lambda b, t: (b > 0) + np.float32(-0.5) * (b <= 0)),
+    ('type: "ELU" elu_param { alpha: -0.5 }',
+     lambda b, t: (b > 0) + (np.float32(-0.5) + t) * (b <= 0)),
+    ('type: "BNLL"', _bnll_caffe),
+    ('type: "Power" power_param { power: 3 scale: 0.5 shift: 1.5 }',
+     lambda b, t: t / (np.float32(0.5) * b + np.float32(1.5)) * np.float32(1.5)),
+    ('type: "Power" power_param { power: 2 scale: 0.5 }',
+     lambda b, t: b * np.float32(0.5)),
+    ('type: "Log" log_param { scale: 0.5 shift: 3 base: 2 }',
+     lambda b, t: np.float32(0.5) / np.log(np.float32(2)) / (np.float32(0.5) * b + 3)),
+    ('type: "Clip" clip_param { min: -0.5 max: 0.5 }',
+     lambda b, t: ((b >= -0.5) & (b <= 0.5)).astype(np.float32)),
+]
+
+
+@pytest.mark.parametrize("text, caffe_gradient", IN_PLACE_CASES)
+def test_in_place_backward_reads_the_overwritten_bottom_as_caffe(text: str,
+                                                                 caffe_gradient) -> None:
+    x, seed = _normal(5), _normal(6)
+    if "Log" in text or "power: 3" in text:
+        x = np.abs(x) + 0.1  # keep the base positive
+    top, apart_grad = run(make(f'name: "n" bottom: "x" top: "y" {text}', [x.shape]), x, seed)
+    np.testing.assert_allclose(apart_grad, seed * caffe_gradient(x, top), rtol=1e-5, atol=1e-6)
+    same_top, in_place_grad = run(make(f'name: "n" bottom: "x" top: "x" {text}', [x.shape]),
+                                  x, seed)
+    np.testing.assert_array_equal(same_top, top)
+    np.testing.assert_allclose(in_place_grad, seed * caffe_gradient(top, top), rtol=1e-5,
+                               atol=1e-6)
+    assert not np.allclose(in_place_grad, apart_grad)  # the case does exercise the quirk
+
+
+@pytest.mark.parametrize("text", ['type: "ReLU"', 'type: "ELU"',
+                                  'type: "ReLU" relu_param { negative_slope: 0.1 }'])
+def test_common_in_place_layers_keep_the_exact_gradient(text: str) -> None:
+    x, seed = _normal(7), _normal(8)
+    _, apart = run(make(f'name: "n" bottom: "x" top: "y" {text}', [x.shape]), x, seed)
+    _, in_place = run(make(f'name: "n" bottom: "x" top: "x" {text}', [x.shape]), x, seed)
+    np.testing.assert_array_equal(in_place, apart)

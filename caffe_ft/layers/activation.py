@@ -6,10 +6,16 @@ torch.autograd.Function because Caffe's backward is not the exact derivative
 (BNLL's clamp, Power's y/x quotient) or does not exist (Threshold).
 Constants Caffe derives from its parameters are rounded to float32 as Caffe
 computes them in Dtype.
+
+In place (top named as its bottom), Caffe's layer writes its top over the
+bottom, and the backward of ReLU, ELU, BNLL, Power, Log and Clip, which
+reads the bottom's data, reads the top instead. Where that changes the
+gradient (ReLU with negative_slope < 0, ELU with alpha < 0, and the other
+four always) the layer's backward does the same, through _ReadsOverwrittenBottom.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +35,43 @@ def _f32(value: float) -> float:
     return float(np.float32(value))
 
 
+# Caffe's dy/dx of a neuron layer from its bottom and top data.
+Gradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class _ReadsOverwrittenBottom(torch.autograd.Function):
+    """An in-place layer's forward, with Caffe's backward evaluated where
+    the bottom's data has become the top: dx = dy * gradient(top, top)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,
+                compute: Callable[[torch.Tensor], torch.Tensor],
+                gradient: Gradient) -> torch.Tensor:
+        y = compute(x)
+        ctx.save_for_backward(y)
+        ctx.gradient = gradient
+        return y
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 dy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (y,) = ctx.saved_tensors
+        return dy * ctx.gradient(y, y), None, None
+
+
+def _in_place(layer: Layer) -> bool:
+    return layer.param.top[0] == layer.param.bottom[0]
+
+
+def _caffe_backward(layer: Layer, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor],
+                    gradient: Gradient, overwrites: bool = True) -> torch.Tensor:
+    """compute(x), whose backward is Caffe's: from the top's data when the
+    layer runs in place and that changes the gradient (`overwrites`)."""
+    if overwrites and _in_place(layer) and x.requires_grad:
+        return _ReadsOverwrittenBottom.apply(x, compute, gradient)
+    return compute(x)
+
+
 @register("ReLU")
 class ReLU(Layer):
     """max(x, 0) + negative_slope * min(x, 0); the gradient at x == 0 is
@@ -36,7 +79,12 @@ class ReLU(Layer):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         slope = self.param.relu_param.negative_slope
-        return [torch.relu(x) if slope == 0 else F.leaky_relu(x, slope)]
+        # A negative slope flips the sign of the top where x < 0, so in place
+        # Caffe's test of the (overwritten) bottom passes those gradients at 1.
+        return [_caffe_backward(
+            self, x, lambda t: torch.relu(t) if slope == 0 else F.leaky_relu(t, slope),
+            lambda bottom, top: (bottom > 0).to(bottom.dtype) + slope * (bottom <= 0).to(
+                bottom.dtype), overwrites=slope < 0)]
 
 
 @register("PReLU")
@@ -74,7 +122,11 @@ class ELU(Layer):
     for x <= 0, as Caffe's."""
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [F.elu(x, self.param.elu_param.alpha)]
+        alpha = self.param.elu_param.alpha
+        return [_caffe_backward(
+            self, x, lambda t: F.elu(t, alpha),
+            lambda bottom, top: (bottom > 0).to(bottom.dtype) + (alpha + top) * (
+                bottom <= 0).to(bottom.dtype), overwrites=alpha < 0)]
 
 
 @register("Sigmoid")
@@ -114,12 +166,18 @@ class _BNLLFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
-        return dy * torch.sigmoid(x.clamp(max=BNLL_THRESHOLD))
+        return dy * _bnll_gradient(x, x)
+
+
+def _bnll_gradient(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(bottom.clamp(max=BNLL_THRESHOLD))
 
 
 @register("BNLL")
 class BNLL(Layer):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if _in_place(self) and x.requires_grad:
+            return [_ReadsOverwrittenBottom.apply(x, F.softplus, _bnll_gradient)]
         return [_BNLLFunction.apply(x)]
 
 
@@ -150,19 +208,23 @@ class _PowerFunction(torch.autograd.Function):
     def backward(ctx: torch.autograd.function.FunctionCtx,
                  dy: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         x, y = ctx.saved_tensors
-        power, scale, shift = ctx.constants
-        diff_scale = _f32(power * scale)
-        if power == 2:
-            dydx = x * _f32(diff_scale * scale)
-            if shift != 0:
-                dydx = dydx + _f32(diff_scale * shift)
-        elif shift == 0:
-            dydx = y / x * power
-        else:
-            dydx = y / _affine(x, scale, shift)
-            if diff_scale != 1:
-                dydx = dydx * diff_scale
-        return dy * dydx, None, None, None
+        return dy * _power_gradient(x, y, *ctx.constants), None, None, None
+
+
+def _power_gradient(x: torch.Tensor, y: torch.Tensor, power: float, scale: float,
+                    shift: float) -> torch.Tensor:
+    diff_scale = _f32(power * scale)
+    if power == 2:
+        dydx = x * _f32(diff_scale * scale)
+        if shift != 0:
+            dydx = dydx + _f32(diff_scale * shift)
+    elif shift == 0:
+        dydx = y / x * power
+    else:
+        dydx = y / _affine(x, scale, shift)
+        if diff_scale != 1:
+            dydx = dydx * diff_scale
+    return dydx
 
 
 @register("Power")
@@ -179,6 +241,10 @@ class Power(Layer):
         if power == 1:
             # The gradient is the constant scale: autograd of the affine map is exact.
             return [_affine(x, scale, shift)]
+        if _in_place(self) and x.requires_grad:
+            return [_ReadsOverwrittenBottom.apply(
+                x, lambda t: _affine(t, scale, shift).pow(power),
+                lambda bottom, top: _power_gradient(bottom, top, power, scale, shift))]
         return [_PowerFunction.apply(x, power, scale, shift)]
 
 
@@ -225,11 +291,21 @@ class Log(Layer):
         if log_base == 0:
             raise self.error(f"1/ln(base) is infinite for base {base}")
         self.base_scale = _f32(1.0 / log_base)
+        # Caffe's backward_num_scale_: scale / ln(base) in float32.
+        self.num_scale = float(np.float32(self.param.log_param.scale) / np.float32(log_base))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         p = self.param.log_param
-        y = torch.log(_affine(x, p.scale, p.shift))
-        return [y if self.base_scale == 1 else y * self.base_scale]
+        base_scale, num_scale = self.base_scale, self.num_scale
+        # Caffe's backward: 1 / (shift + scale * bottom) times scale / ln(base).
+
+        def compute(t: torch.Tensor) -> torch.Tensor:
+            y = torch.log(_affine(t, p.scale, p.shift))
+            return y if base_scale == 1 else y * base_scale
+
+        return [_caffe_backward(
+            self, x, compute,
+            lambda bottom, top: _affine(bottom, p.scale, p.shift).reciprocal() * num_scale)]
 
 
 class _ThresholdFunction(torch.autograd.Function):
@@ -275,8 +351,11 @@ class Clip(Layer):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         p = self.param.clip_param
         if p.min <= p.max:
-            # torch's clamp passes the gradient on the closed interval, as Caffe does.
-            return [torch.clamp(x, p.min, p.max)]
+            # torch's clamp passes the gradient on the closed interval, as Caffe does;
+            # in place Caffe tests the clipped top, which is always inside.
+            return [_caffe_backward(
+                self, x, lambda t: torch.clamp(t, p.min, p.max),
+                lambda bottom, top: ((bottom >= p.min) & (bottom <= p.max)).to(bottom.dtype))]
         # An empty interval: Caffe's max(min, min(x, max)) is the constant min
         # (torch's clamp would give max) and no x gets a gradient.
         return [torch.clamp_max(x, p.max).clamp_min(p.min)]

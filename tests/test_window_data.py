@@ -68,10 +68,10 @@ def test_window_file_splits_foreground_and_background(tmp_path: Path) -> None:
                                   "# 1\nb.jpg\n3 40 60\n1\n4 0.0 0 0 59 39\n")
     windows = read_window_file(str(path), "root/", 0.5, 0.3)
     assert windows.images == ["root/a.jpg", "root/b.jpg"]
-    assert windows.foreground == [Window(0, 2, 1, 2, 30, 20), Window(0, 3, 5, 5, 25, 25)]
+    assert list(windows.foreground) == [Window(0, 2, 1, 2, 30, 20), Window(0, 3, 5, 5, 25, 25)]
     # Background windows get label 0 whatever their class; 0.4 lies between
     # the thresholds and is dropped.
-    assert windows.background == [Window(0, 0, 3, 3, 19, 19), Window(1, 0, 0, 0, 59, 39)]
+    assert list(windows.background) == [Window(0, 0, 3, 3, 19, 19), Window(1, 0, 0, 0, 59, 39)]
     assert windows.class_counts == {0: 2, 2: 1, 3: 1}
 
 

@@ -19,7 +19,10 @@ Dtype arithmetic does, so the warped pixels land where Caffe puts them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import overload
 
 import cv2
 import numpy as np
@@ -41,44 +44,71 @@ class Window:
     y2: int
 
 
+class WindowList(Sequence[Window]):
+    """Windows kept as one int32 row each (image, label, x1, y1, x2, y2): an
+    R-CNN window file holds millions of them (about 2000 per image)."""
+
+    def __init__(self, rows: array) -> None:
+        self._rows = np.frombuffer(rows, np.int32).reshape(-1, 6) if len(rows) else \
+            np.zeros((0, 6), np.int32)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Window: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Window]: ...
+
+    def __getitem__(self, index: int | slice) -> Window | list[Window]:
+        if isinstance(index, slice):
+            return [Window(*map(int, row)) for row in self._rows[index]]
+        return Window(*map(int, self._rows[index]))
+
+
 @dataclass
 class WindowFile:
     """A parsed window file: its images, foreground and background windows,
     and the number of windows per class (class 0: background)."""
     path: str
-    images: list[str] = field(default_factory=list)
-    channels: int = 0  # of the last image, as Caffe sizes the data top
-    foreground: list[Window] = field(default_factory=list)
-    background: list[Window] = field(default_factory=list)
-    class_counts: dict[int, int] = field(default_factory=lambda: {0: 0})
+    images: list[str]
+    channels: int  # of the last image, as Caffe sizes the data top
+    foreground: WindowList
+    background: WindowList
+    class_counts: dict[int, int]
     # (image index, path, channels, height, width, windows) per image
-    headers: list[tuple[int, str, int, int, int, int]] = field(default_factory=list)
+    headers: list[tuple[int, str, int, int, int, int]]
 
 
 class _Tokens:
-    """The file's whitespace-separated tokens with their line numbers."""
+    """The file's whitespace-separated tokens, read lazily, with line numbers."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-                text = handle.read()
+            self._file = open(path, encoding="utf-8", errors="surrogateescape")
         except OSError as err:
             raise CaffeError(f"Failed to open window file {path} "
                              f"({err.strerror or err})") from None
-        self._tokens = [(token, number) for number, line in enumerate(text.splitlines(), 1)
-                        for token in line.split()]
-        self._next = 0
+        self._stream = self._read()
+        self._ahead: tuple[str, int] | None = next(self._stream, None)
         self.line = 1
 
+    def _read(self) -> Iterator[tuple[str, int]]:
+        with self._file:
+            for number, line in enumerate(self._file, 1):
+                for token in line.split():
+                    yield token, number
+
     def more(self) -> bool:
-        return self._next < len(self._tokens)
+        return self._ahead is not None
 
     def take(self, what: str) -> str:
-        if not self.more():
+        if self._ahead is None:
             raise CaffeError(f"{self.path}:{self.line}: file ends where {what} was expected")
-        token, self.line = self._tokens[self._next]
-        self._next += 1
+        token, self.line = self._ahead
+        self._ahead = next(self._stream, None)
         return token
 
     def number(self, kind: type, what: str) -> int | float:
@@ -95,38 +125,42 @@ def read_window_file(path: str, root_folder: str, fg_threshold: float,
     tokens = _Tokens(path)
     if not tokens.more():
         raise CaffeError(f"{path}: Window file is empty")
-    result = WindowFile(path)
+    images: list[str] = []
+    headers: list[tuple[int, str, int, int, int, int]] = []
+    foreground, background = array("i"), array("i")
+    class_counts = {0: 0}
+    channels = 0
     fg, bg = f32(fg_threshold), f32(bg_threshold)
     while tokens.more():
         hashtag = tokens.take("'#'")
         if hashtag != "#":
             raise CaffeError(f"{path}:{tokens.line}: expected '# image_index', got '{hashtag}'")
         index = int(tokens.number(int, "the image index"))
-        if index != len(result.images):
+        if index != len(images):
             raise CaffeError(f"{path}:{tokens.line}: image index {index}, expected "
-                             f"{len(result.images)} (images are numbered 0, 1, ... in order)")
+                             f"{len(images)} (images are numbered 0, 1, ... in order)")
         image = root_folder + tokens.take("the image path")
         channels, height, width = (int(tokens.number(int, name))
                                    for name in ("channels", "height", "width"))
         count = int(tokens.number(int, "the number of windows"))
-        result.images.append(image)
-        result.channels = channels
-        result.headers.append((index, image, channels, height, width, count))
+        images.append(image)
+        headers.append((index, image, channels, height, width, count))
         for _ in range(count):
             label = int(tokens.number(int, "a window's class index"))
             overlap = f32(tokens.number(float, "a window's overlap"))
-            x1, y1, x2, y2 = (int(tokens.number(int, name)) for name in ("x1", "y1", "x2", "y2"))
+            box = [int(tokens.number(int, name)) for name in ("x1", "y1", "x2", "y2")]
             if overlap >= fg:
                 if label <= 0:
                     raise CaffeError(f"{path}:{tokens.line}: a foreground window (overlap "
                                      f"{overlap:g} ≥ fg_threshold) needs a class index > 0, "
                                      f"got {label}")
-                result.foreground.append(Window(index, label, x1, y1, x2, y2))
-                result.class_counts[label] = result.class_counts.get(label, 0) + 1
+                foreground.extend((index, label, *box))
+                class_counts[label] = class_counts.get(label, 0) + 1
             elif overlap < bg:
-                result.background.append(Window(index, 0, x1, y1, x2, y2))
-                result.class_counts[0] += 1
-    return result
+                background.extend((index, 0, *box))
+                class_counts[0] += 1
+    return WindowFile(path, images, channels, WindowList(foreground), WindowList(background),
+                      class_counts, headers)
 
 
 def _round(value: np.float32) -> int:

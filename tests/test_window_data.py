@@ -75,6 +75,14 @@ def test_window_file_splits_foreground_and_background(tmp_path: Path) -> None:
     assert windows.class_counts == {0: 2, 2: 1, 3: 1}
 
 
+def test_window_file_is_read_as_tokens_like_cpp(tmp_path: Path) -> None:
+    # C++ >> does not care where the lines break.
+    path = _window_file(tmp_path, "# 0 a.jpg 3 40 60 2\n2 0.8 1 2\n30 20 7 0.1\n3 3 19 19\n")
+    windows = read_window_file(str(path), "", 0.5, 0.5)
+    assert list(windows.foreground) == [Window(0, 2, 1, 2, 30, 20)]
+    assert list(windows.background) == [Window(0, 0, 3, 3, 19, 19)]
+
+
 @pytest.mark.parametrize("text, message", [
     ("", "Window file is empty"),
     ("% 0\na.jpg\n3 4 4\n0\n", r"windows.txt:1: expected '# image_index', got '%'"),
@@ -82,6 +90,8 @@ def test_window_file_splits_foreground_and_background(tmp_path: Path) -> None:
     ("# 0\na.jpg\n3 4 4\n1\n0 0.9 0 0 3 3\n", r"windows.txt:5: a foreground window .* class "
                                                r"index > 0, got 0"),
     ("# 0\na.jpg\n3 4 4\n1\n1 high 0 0 3 3\n", r"windows.txt:5: expected a window's overlap"),
+    ("# 0\na.jpg\n3 4 4\n2\n1 0.9 0 0 3 3\n1 0.9 0 0 3.5 3\n", r"windows.txt:6: expected x2 "
+                                                              r"\(int\), got '3.5'"),
     ("# 0\na.jpg\n3 4 4\n2\n1 0.9 0 0 3 3\n", r"windows.txt:5: file ends where a window's "
                                                r"class index was expected"),
 ])

@@ -19,8 +19,7 @@ Dtype arithmetic does, so the warped pixels land where Caffe puts them.
 from __future__ import annotations
 
 import math
-from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -48,9 +47,8 @@ class WindowList(Sequence[Window]):
     """Windows kept as one int32 row each (image, label, x1, y1, x2, y2): an
     R-CNN window file holds millions of them (about 2000 per image)."""
 
-    def __init__(self, rows: array) -> None:
-        self._rows = np.frombuffer(rows, np.int32).reshape(-1, 6) if len(rows) else \
-            np.zeros((0, 6), np.int32)
+    def __init__(self, rows: np.ndarray) -> None:
+        self._rows = rows
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -82,7 +80,8 @@ class WindowFile:
 
 
 class _Tokens:
-    """The file's whitespace-separated tokens, read lazily, with line numbers."""
+    """The file's whitespace-separated tokens (C++ >> reads it so), read line
+    by line, with the line each token came from."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -91,24 +90,34 @@ class _Tokens:
         except OSError as err:
             raise CaffeError(f"Failed to open window file {path} "
                              f"({err.strerror or err})") from None
-        self._stream = self._read()
-        self._ahead: tuple[str, int] | None = next(self._stream, None)
+        self._lines = enumerate(self._file, 1)
+        self._pending: list[str] = []
+        self._next = 0
         self.line = 1
 
-    def _read(self) -> Iterator[tuple[str, int]]:
-        with self._file:
-            for number, line in enumerate(self._file, 1):
-                for token in line.split():
-                    yield token, number
+    def close(self) -> None:
+        self._file.close()
+
+    def _next_line(self) -> list[str] | None:
+        entry = next(self._lines, None)
+        if entry is None:
+            return None
+        self.line = entry[0]
+        return entry[1].split()
 
     def more(self) -> bool:
-        return self._ahead is not None
+        while self._next == len(self._pending):
+            tokens = self._next_line()
+            if tokens is None:
+                return False
+            self._pending, self._next = tokens, 0
+        return True
 
     def take(self, what: str) -> str:
-        if self._ahead is None:
+        if not self.more():
             raise CaffeError(f"{self.path}:{self.line}: file ends where {what} was expected")
-        token, self.line = self._ahead
-        self._ahead = next(self._stream, None)
+        token = self._pending[self._next]
+        self._next += 1
         return token
 
     def number(self, kind: type, what: str) -> int | float:
@@ -119,18 +128,74 @@ class _Tokens:
             raise CaffeError(f"{self.path}:{self.line}: expected {what} ({kind.__name__}), "
                              f"got '{token}'") from None
 
+    def rows(self, count: int) -> tuple[list[list[str]], list[int]]:
+        """`count` windows of 6 tokens, and the line each ends on. Whole
+        lines of 6 tokens are taken at once (the usual layout); anything
+        else is read token by token."""
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        while len(rows) < count:
+            if self._next == len(self._pending):
+                tokens = self._next_line()
+                if tokens is None:
+                    raise CaffeError(f"{self.path}:{self.line}: file ends where a window's "
+                                     f"class index was expected")
+                if len(tokens) == 6:
+                    rows.append(tokens)
+                    lines.append(self.line)
+                    continue
+                self._pending, self._next = tokens, 0
+                if not tokens:
+                    continue
+            rows.append([self.take(what) for what in _WINDOW_FIELDS])
+            lines.append(self.line)
+        return rows, lines
+
+
+_WINDOW_FIELDS = ("a window's class index", "a window's overlap", "x1", "y1", "x2", "y2")
+
+
+def _window_values(tokens: _Tokens, rows: list[list[str]], lines: list[int]) -> np.ndarray:
+    """The rows as float64 (label, overlap, x1, y1, x2, y2); a bad value is
+    reported with its line."""
+    try:
+        values = np.array(rows, dtype=np.float64).reshape(len(rows), 6)
+    except ValueError:
+        values = None
+    integral = [0, 2, 3, 4, 5]
+    if values is not None and np.all(values[:, integral] == np.trunc(values[:, integral])):
+        return values
+    for row, line in zip(rows, lines):
+        for field, token in zip(_WINDOW_FIELDS, row):
+            kind = float if field == "a window's overlap" else int
+            try:
+                kind(token)
+            except ValueError:
+                raise CaffeError(f"{tokens.path}:{line}: expected {field} "
+                                 f"({kind.__name__}), got '{token}'") from None
+    raise AssertionError("unreachable: every token parsed")
+
 
 def read_window_file(path: str, root_folder: str, fg_threshold: float,
                      bg_threshold: float) -> WindowFile:
     tokens = _Tokens(path)
+    try:
+        return _read_windows(tokens, root_folder, f32(fg_threshold), f32(bg_threshold))
+    finally:
+        tokens.close()
+
+
+def _read_windows(tokens: _Tokens, root_folder: str, fg: np.float32,
+                  bg: np.float32) -> WindowFile:
+    path = tokens.path
     if not tokens.more():
         raise CaffeError(f"{path}: Window file is empty")
     images: list[str] = []
     headers: list[tuple[int, str, int, int, int, int]] = []
-    foreground, background = array("i"), array("i")
+    foreground: list[np.ndarray] = []
+    background: list[np.ndarray] = []
     class_counts = {0: 0}
     channels = 0
-    fg, bg = f32(fg_threshold), f32(bg_threshold)
     while tokens.more():
         hashtag = tokens.take("'#'")
         if hashtag != "#":
@@ -145,21 +210,32 @@ def read_window_file(path: str, root_folder: str, fg_threshold: float,
         count = int(tokens.number(int, "the number of windows"))
         images.append(image)
         headers.append((index, image, channels, height, width, count))
-        for _ in range(count):
-            label = int(tokens.number(int, "a window's class index"))
-            overlap = f32(tokens.number(float, "a window's overlap"))
-            box = [int(tokens.number(int, name)) for name in ("x1", "y1", "x2", "y2")]
-            if overlap >= fg:
-                if label <= 0:
-                    raise CaffeError(f"{path}:{tokens.line}: a foreground window (overlap "
-                                     f"{overlap:g} ≥ fg_threshold) needs a class index > 0, "
-                                     f"got {label}")
-                foreground.extend((index, label, *box))
-                class_counts[label] = class_counts.get(label, 0) + 1
-            elif overlap < bg:
-                background.extend((index, 0, *box))
-                class_counts[0] += 1
-    return WindowFile(path, images, channels, WindowList(foreground), WindowList(background),
+        rows, lines = tokens.rows(count)
+        if not rows:
+            continue
+        values = _window_values(tokens, rows, lines)
+        labels, overlaps = values[:, 0].astype(np.int64), values[:, 1].astype(f32)
+        is_fg = overlaps >= fg
+        is_bg = ~is_fg & (overlaps < bg)
+        bad = np.flatnonzero(is_fg & (labels <= 0))
+        if bad.size:
+            first = int(bad[0])
+            raise CaffeError(f"{path}:{lines[first]}: a foreground window (overlap "
+                             f"{overlaps[first]:g} ≥ fg_threshold) needs a class index > 0, "
+                             f"got {labels[first]}")
+        block = np.empty((count, 6), np.int32)
+        block[:, 0] = index
+        block[:, 1] = np.where(is_fg, labels, 0)
+        block[:, 2:] = values[:, 2:]
+        foreground.append(block[is_fg])
+        background.append(block[is_bg])
+        for label, number in zip(*np.unique(labels[is_fg], return_counts=True)):
+            class_counts[int(label)] = class_counts.get(int(label), 0) + int(number)
+        class_counts[0] += int(is_bg.sum())
+    empty = np.zeros((0, 6), np.int32)
+    return WindowFile(path, images, channels,
+                      WindowList(np.concatenate(foreground) if foreground else empty),
+                      WindowList(np.concatenate(background) if background else empty),
                       class_counts, headers)
 
 

@@ -254,3 +254,39 @@ def test_mean_file_too_small_for_the_crop(tmp_path: Path) -> None:
                  array_to_blob_proto(np.zeros((1, 3, 6, 6), np.float32)))
     with pytest.raises(CaffeError, match="room for the 8x8 crop"):
         _layer_net(tmp_path, transform=f'crop_size: 8 mean_file: "{tmp_path}/mean.binaryproto"')
+
+
+CORPUS_RECIPE = (Path(__file__).parent / "fixtures" / "corpus" / "caffe_examples_misc" /
+                 "finetune_pascal_detection" / "pascal_finetune_trainval_test.prototxt")
+
+
+def test_rcnn_pascal_recipe_trains(tmp_path: Path) -> None:
+    """Caffe's examples/finetune_pascal_detection net (CaffeNet, 21-way
+    fc8_pascal), its WindowData layers pointed at a small window file and
+    batch 4 instead of 128, trains and tests through `caffe_ft train`."""
+    from caffe_ft.cli import main
+    _images(tmp_path)
+    mean = np.full((1, 3, 256, 256), 100, np.float32)
+    write_binary(tmp_path / "mean.binaryproto", array_to_blob_proto(mean))
+    windows = WINDOWS.replace("im0.png", f"{tmp_path}/im0.png").replace("im1.png",
+                                                                          f"{tmp_path}/im1.png")
+    (tmp_path / "windows.txt").write_text(windows)
+    net = CORPUS_RECIPE.read_text()
+    for old, new in (("examples/finetune_pascal_detection/window_file_2007_trainval.txt",
+                      f"{tmp_path}/windows.txt"),
+                     ("examples/finetune_pascal_detection/window_file_2007_test.txt",
+                      f"{tmp_path}/windows.txt"),
+                     ("data/ilsvrc12/imagenet_mean.binaryproto", f"{tmp_path}/mean.binaryproto"),
+                     ("batch_size: 128", "batch_size: 4")):
+        assert old in net
+        net = net.replace(old, new)
+    (tmp_path / "train_val.prototxt").write_text(net)
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path}/train_val.prototxt" base_lr: 0.001 lr_policy: "fixed" '
+        f'momentum: 0.9 max_iter: 2 display: 1 test_iter: 1 test_interval: 2 '
+        f'test_initialization: false snapshot_prefix: "{tmp_path}/rcnn" solver_mode: CPU')
+    with captured_log() as messages:
+        assert main(["train", "-solver", str(tmp_path / "solver.prototxt")]) == 0
+    assert "output data size: 4,3,227,227" in messages
+    assert any(m.startswith("    Test net output #0: accuracy = ") for m in messages)
+    assert (tmp_path / "rcnn_iter_2.caffemodel").is_file()

@@ -225,7 +225,7 @@ def _into_arena(results: list[Any], arena: mmap.mmap) -> list[Any]:
     packed = []
     with memoryview(arena) as view:
         for result in results:
-            payload = result[0]
+            payload: bytes | bytearray | Payload | None = result[0]
             if payload is not None and offset + len(payload) <= len(arena):
                 if isinstance(payload, (bytes, bytearray)):
                     view[offset:offset + len(payload)] = payload

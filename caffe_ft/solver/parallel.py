@@ -37,6 +37,10 @@ def join_process_group(device: torch.device) -> int:
     """Join the group described by the launcher's environment (RANK,
     WORLD_SIZE, MASTER_ADDR, MASTER_PORT); returns this process's rank."""
     if not dist.is_initialized():
+        if device.type == "cuda":
+            # NCCL builds its communicator on the current device: make it
+            # this rank's GPU, not GPU 0 for every rank.
+            torch.cuda.set_device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
     return dist.get_rank()

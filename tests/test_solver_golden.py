@@ -61,7 +61,7 @@ WEIGHT_TOLERANCE = 1e-3
 LR_TOLERANCE = 1e-6
 # See the module docstring; test_golden_chaotic_case measures it.
 BRANCH_SEEDS = {"adagrad_fixed": 41, "batchnorm_scale_train": 2}
-BRANCH_SEARCH = 100
+BRANCH_SEARCH = 300
 CHAOTIC = tuple(BRANCH_SEEDS)
 LR_LINE = re.compile(r"\] Iteration (\d+), lr = (\S+)$", re.MULTILINE)
 

@@ -4,7 +4,6 @@ module runs with the same outputs."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -17,19 +16,9 @@ from caffe_ft.classify import Classifier, parse_mean_values
 from caffe_ft.cli import main
 from caffe_ft.data.compute_image_mean import compute_image_mean, write_mean
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "lenet_digits"
 DIGITS = EXAMPLE / "data"
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers() -> Iterator[None]:
-    """main() points caffe_ft's log at pytest's captured stderr, which is
-    closed after the test: later tests must not log to it."""
-    before = list(logger.handlers)
-    yield
-    logger.handlers[:] = before
 
 GRAY_DEPLOY = '''name: "gray"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 1 dim: 28 dim: 28 } } }

@@ -2,9 +2,7 @@
 its raw_color_32 LMDB (tests/fixtures/data, copied from golden/data)."""
 from __future__ import annotations
 
-import logging
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -16,24 +14,10 @@ from caffe_ft.cli import main
 from caffe_ft.data.compute_image_mean import channel_means, compute_image_mean
 from caffe_ft.data.lmdb_io import LMDBReader, LMDBWriter
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary
 
 DATA = Path(__file__).parent / "fixtures" / "data"
-
-
-@pytest.fixture
-def log_messages() -> Iterator[list[str]]:
-    messages: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 def golden_db(case: str, tmp_path: Path) -> Path:

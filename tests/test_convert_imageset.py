@@ -6,14 +6,12 @@ from __future__ import annotations
 import functools
 import io
 import json
-import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -32,7 +30,6 @@ from caffe_ft.data.lmdb_io import LMDBReader, LMDBWriter
 from caffe_ft.data.progress import Progress
 from caffe_ft.data.workers import OrderedWorkers
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
 from caffe_ft.proto import caffe_pb2
 
 DATA = Path(__file__).parent / "fixtures" / "data"
@@ -64,19 +61,6 @@ def decoded(datum: caffe_pb2.Datum) -> np.ndarray:
 
 def list_paths(list_name: str) -> list[str]:
     return [entry.path for entry in parse_list_file(IMAGES / list_name)]
-
-
-@pytest.fixture
-def log_messages() -> Iterator[list[str]]:
-    messages: list[str] = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield messages
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

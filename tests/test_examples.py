@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -16,7 +15,6 @@ import pytest
 
 from caffe_ft.cli import main
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
 from caffe_ft.net import Net
 from caffe_ft.plot import parse_log, plot_logs
 from caffe_ft.proto import caffe_pb2
@@ -26,15 +24,6 @@ ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 LENET = EXAMPLES / "lenet_digits"
 CORPUS = Path(__file__).parent / "fixtures" / "corpus"
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers() -> Iterator[None]:
-    """main() points caffe_ft's log at pytest's captured stderr, which is
-    closed after the test: later tests must not log to it."""
-    before = list(logger.handlers)
-    yield
-    logger.handlers[:] = before
 
 
 def test_bundled_digits_are_small_gray_28x28_images_in_class_folders() -> None:

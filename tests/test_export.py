@@ -2,7 +2,7 @@
 caffe_ft net computes, on inputs other than the ones the trace saw."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +13,9 @@ import caffe_ft as caffe
 from caffe_ft.cli import main
 from caffe_ft.errors import CaffeError
 from caffe_ft.export import export
-from caffe_ft.log import logger
 
 # torch 2.13 marks torch.jit deprecated; TorchScript is still what -format torchscript writes.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def _drop_cli_log_handlers() -> Iterator[None]:
-    """main() points caffe_ft's log at pytest's captured stderr, which is
-    closed after the test: later tests must not log to it."""
-    before = list(logger.handlers)
-    yield
-    logger.handlers[:] = before
 
 DEPLOY = '''name: "small"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 11 dim: 11 } } }

@@ -4,6 +4,7 @@ was already current, and the exit status is 1 when a legacy field had to be
 dropped on the way."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from caffe_ft.cli import action
@@ -18,14 +19,19 @@ from caffe_ft.upgrade import (
 )
 
 
-def _upgrade_net(net: caffe_pb2.NetParameter, source: str) -> bool:
-    if not net_needs_upgrade(net):
+def _upgrade(needed: bool, upgrade: Callable[[], bool], source: str) -> bool:
+    """Run `upgrade` if the file needs it, with the messages of Caffe's tools."""
+    if not needed:
         logger.error("File already in latest proto format: %s", source)
         return True
-    success = upgrade_net_as_needed(net, source)
+    success = upgrade()
     if not success:
         logger.error("Encountered error(s) while upgrading prototxt; see details above.")
     return success
+
+
+def _upgrade_net(net: caffe_pb2.NetParameter, source: str) -> bool:
+    return _upgrade(net_needs_upgrade(net), lambda: upgrade_net_as_needed(net, source), source)
 
 
 @action("upgrade_net_proto_text", "Upgrade a legacy (V0/V1) net prototxt to the current format",
@@ -60,13 +66,8 @@ def upgrade_solver_proto_text(flags: dict[str, Any], args: list[str]) -> int:
     solver = read_text(source, caffe_pb2.SolverParameter(), "Solver file")
     # Caffe's tool upgrades only the type; snapshot_prefix is left for
     # `train` to default, so the output does not pin this file's path.
-    if solver_needs_type_upgrade(solver):
-        success = upgrade_solver_as_needed(solver, source)
-        if not success:
-            logger.error("Encountered error(s) while upgrading prototxt; see details above.")
-    else:
-        logger.error("File already in latest proto format: %s", source)
-        success = True
+    success = _upgrade(solver_needs_type_upgrade(solver),
+                       lambda: upgrade_solver_as_needed(solver, source), source)
     write_text(target, solver)
     logger.info("Wrote upgraded SolverParameter text proto to %s", target)
     return 0 if success else 1

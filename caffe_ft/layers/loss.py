@@ -82,6 +82,17 @@ class _LossLayer(Layer):
         self._check_first_dims(bottom_shapes)
         return [()]
 
+    def _check_label_count(self, bottom_shapes: Sequence[Shape], predictions: int,
+                           axis_of: str) -> None:
+        """One label per prediction (Caffe's message names the layer's axis)."""
+        labels = math.prod(bottom_shapes[1])
+        if predictions != labels:
+            raise self.error(f"Number of labels must match number of predictions; e.g., if "
+                             f"{axis_of} axis == 1 and prediction shape is (N, C, H, W), label "
+                             f"count (number of labels) must be N*H*W, with integer values in "
+                             f"{{0, 1, ..., C-1}} (got {labels} labels for {predictions} "
+                             f"predictions).")
+
     def _check_first_dims(self, bottom_shapes: Sequence[Shape]) -> None:
         first = [_legacy_dim(s, 0) for s in bottom_shapes[:2]]
         if first[0] != first[1]:
@@ -153,13 +164,7 @@ class SoftmaxWithLoss(_LossLayer):
         shape = tuple(bottom_shapes[0])
         outer, _, inner = _outer_inner(shape, self.canonical_axis(self.param.softmax_param.axis,
                                                                    len(shape)))
-        labels = math.prod(bottom_shapes[1])
-        if outer * inner != labels:
-            raise self.error(f"Number of labels must match number of predictions; e.g., if "
-                             f"softmax axis == 1 and prediction shape is (N, C, H, W), label "
-                             f"count (number of labels) must be N*H*W, with integer values in "
-                             f"{{0, 1, ..., C-1}} (got {labels} labels for {outer * inner} "
-                             f"predictions).")
+        self._check_label_count(bottom_shapes, outer * inner, "softmax")
         return [(), shape][:self.num_tops]
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> list[torch.Tensor]:
@@ -393,13 +398,7 @@ class InfogainLoss(_LossLayer):
         shape = tuple(bottom_shapes[0])
         outer, classes, inner = _outer_inner(
             shape, self.canonical_axis(self.param.infogain_loss_param.axis, len(shape)))
-        labels = math.prod(bottom_shapes[1])
-        if outer * inner != labels:
-            raise self.error(f"Number of labels must match number of predictions; e.g., if "
-                             f"infogain axis == 1 and prediction shape is (N, C, H, W), label "
-                             f"count (number of labels) must be N*H*W, with integer values in "
-                             f"{{0, 1, ..., C-1}} (got {labels} labels for {outer * inner} "
-                             f"predictions).")
+        self._check_label_count(bottom_shapes, outer * inner, "infogain")
         h_count = math.prod(bottom_shapes[2]) if len(bottom_shapes) > 2 else self.infogain.numel()
         if h_count != classes * classes:
             raise self.error(f"H must be {classes}x{classes} ({classes * classes} values), "

@@ -11,7 +11,7 @@ In place (top named as its bottom), Caffe's layer writes its top over the
 bottom, and the backward of ReLU, ELU, BNLL, Power, Log and Clip, which
 reads the bottom's data, reads the top instead. Where that changes the
 gradient (ReLU with negative_slope < 0, ELU with alpha < 0, and the other
-four always) the layer's backward does the same, through _ReadsOverwrittenBottom.
+four always) the layer's backward does the same, through _CaffeGradient.
 """
 from __future__ import annotations
 
@@ -39,36 +39,35 @@ def _f32(value: float) -> float:
 Gradient = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class _ReadsOverwrittenBottom(torch.autograd.Function):
-    """An in-place layer's forward, with Caffe's backward evaluated where
-    the bottom's data has become the top: dx = dy * gradient(top, top)."""
+class _CaffeGradient(torch.autograd.Function):
+    """compute(x), with Caffe's backward dx = dy * gradient(bottom, top).
+    Run in place, the bottom's data Caffe reads is the top it overwrote."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor,
-                compute: Callable[[torch.Tensor], torch.Tensor],
-                gradient: Gradient) -> torch.Tensor:
+                compute: Callable[[torch.Tensor], torch.Tensor], gradient: Gradient,
+                in_place: bool) -> torch.Tensor:
         y = compute(x)
-        ctx.save_for_backward(y)
+        ctx.save_for_backward(y if in_place else x, y)
         ctx.gradient = gradient
         return y
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx,
-                 dy: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (y,) = ctx.saved_tensors
-        return dy * ctx.gradient(y, y), None, None
-
-
-def _in_place(layer: Layer) -> bool:
-    return layer.param.top[0] == layer.param.bottom[0]
+                 dy: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        bottom, top = ctx.saved_tensors
+        return dy * ctx.gradient(bottom, top), None, None, None
 
 
 def _caffe_backward(layer: Layer, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor],
-                    gradient: Gradient, overwrites: bool = True) -> torch.Tensor:
-    """compute(x), whose backward is Caffe's: from the top's data when the
-    layer runs in place and that changes the gradient (`overwrites`)."""
-    if overwrites and _in_place(layer) and x.requires_grad:
-        return _ReadsOverwrittenBottom.apply(x, compute, gradient)
+                    gradient: Gradient, overwrites: bool = True,
+                    autograd_is_caffes: bool = True) -> torch.Tensor:
+    """compute(x), whose backward is Caffe's `gradient`. Torch's autograd
+    of `compute` serves where it gives the same (`autograd_is_caffes`) and
+    the layer does not run in place in a way that changes it (`overwrites`)."""
+    in_place = layer.param.top[0] == layer.param.bottom[0]
+    if x.requires_grad and (not autograd_is_caffes or (overwrites and in_place)):
+        return _CaffeGradient.apply(x, compute, gradient, in_place)
     return compute(x)
 
 
@@ -155,30 +154,17 @@ class AbsVal(Layer):
         return [torch.abs(x)]
 
 
-class _BNLLFunction(torch.autograd.Function):
-    """log(1 + exp(x)); Caffe's gradient is e / (e + 1) with e = exp(min(x, 50))."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return F.softplus(x)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return dy * _bnll_gradient(x, x)
-
-
 def _bnll_gradient(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """Caffe's e / (e + 1) with e = exp(min(x, 50))."""
     return torch.sigmoid(bottom.clamp(max=BNLL_THRESHOLD))
 
 
 @register("BNLL")
 class BNLL(Layer):
+    """log(1 + exp(x)), with Caffe's clamped gradient."""
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if _in_place(self) and x.requires_grad:
-            return [_ReadsOverwrittenBottom.apply(x, F.softplus, _bnll_gradient)]
-        return [_BNLLFunction.apply(x)]
+        return [_caffe_backward(self, x, F.softplus, _bnll_gradient, autograd_is_caffes=False)]
 
 
 def _affine(x: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
@@ -190,29 +176,12 @@ def _affine(x: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
     return x
 
 
-class _PowerFunction(torch.autograd.Function):
-    """(shift + scale * x) ^ power, power != 1, with Caffe's backward: for
-    power 2 it is 2*scale*(shift + scale*x); otherwise it divides the output by
-    the base (power * y / x when shift is 0), so a zero base gives NaN or inf
-    exactly where Caffe's does."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, power: float,
-                scale: float, shift: float) -> torch.Tensor:
-        y = _affine(x, scale, shift).pow(power)
-        ctx.save_for_backward(x, y)
-        ctx.constants = (power, scale, shift)
-        return y
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx,
-                 dy: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        x, y = ctx.saved_tensors
-        return dy * _power_gradient(x, y, *ctx.constants), None, None, None
-
-
 def _power_gradient(x: torch.Tensor, y: torch.Tensor, power: float, scale: float,
                     shift: float) -> torch.Tensor:
+    """Caffe's backward for power != 1: for power 2 it is 2*scale*(shift +
+    scale*x); otherwise it divides the output by the base (power * y / x
+    when shift is 0), so a zero base gives NaN or inf exactly where Caffe's
+    does."""
     diff_scale = _f32(power * scale)
     if power == 2:
         dydx = x * _f32(diff_scale * scale)
@@ -241,11 +210,10 @@ class Power(Layer):
         if power == 1:
             # The gradient is the constant scale: autograd of the affine map is exact.
             return [_affine(x, scale, shift)]
-        if _in_place(self) and x.requires_grad:
-            return [_ReadsOverwrittenBottom.apply(
-                x, lambda t: _affine(t, scale, shift).pow(power),
-                lambda bottom, top: _power_gradient(bottom, top, power, scale, shift))]
-        return [_PowerFunction.apply(x, power, scale, shift)]
+        return [_caffe_backward(
+            self, x, lambda t: _affine(t, scale, shift).pow(power),
+            lambda bottom, top: _power_gradient(bottom, top, power, scale, shift),
+            autograd_is_caffes=False)]
 
 
 def _log_of_base(layer: Layer, base: float) -> float:

@@ -173,8 +173,6 @@ def _write(job: _Job, entries: list[ListEntry], folder: Path, workers: int, chec
                         raise CaffeError(
                             f"{job.root + entry.path}: incorrect data field size {size}; "
                             f"-check_size expects {data_size} as in the first image")
-                if isinstance(value, RawDatum):  # made here, or sent without shared memory
-                    value = bytes(value)
                 writer.put(b"%08d_" % index + path_bytes(entry.path), value)
                 summary.written += 1
             progress.advance(value is not None)

@@ -10,6 +10,7 @@ from types import TracebackType
 import lmdb
 
 from caffe_ft.data.db_cursor import shared_env
+from caffe_ft.data.workers import Payload
 from caffe_ft.errors import CaffeError
 
 # A small first map keeps tiny databases cheap on systems that reserve the
@@ -31,13 +32,12 @@ class LMDBWriter:
         self.commit_every = commit_every
         self.commit_bytes = commit_bytes
         self.resizes = 0
-        self._pending: list[tuple[bytes, bytes | memoryview]] = []
+        self._pending: list[tuple[bytes, memoryview]] = []
         self._pending_bytes = 0
         # Pending values are copied into one reused buffer: fresh memory for
         # each 200 KB value costs more in page faults than the copy itself.
         self._pool = bytearray(commit_bytes)
         self._pool_used = 0
-        self._data_file = os.path.join(self.path, "data.mdb")
         try:
             # Commits only hand pages to the OS; close() flushes them to disk
             # once. Callers build in a temporary folder renamed after close(),
@@ -46,25 +46,28 @@ class LMDBWriter:
                                   metasync=False, readahead=False)
         except lmdb.Error as err:
             raise CaffeError(f"Cannot create LMDB {self.path}: {err}") from None
-        self._flusher = _BackgroundFlush(self._data_file)
+        self._flusher = _BackgroundFlush(os.path.join(self.path, "data.mdb"))
 
     @property
     def map_size(self) -> int:
         return int(self._env.info()["map_size"])
 
-    def put(self, key: bytes, value: bytes | memoryview) -> None:
-        """Queue a pair for the next commit. The value is copied, so it may
-        live in a buffer the caller reuses."""
+    def put(self, key: bytes, value: bytes | memoryview | Payload) -> None:
+        """Queue a pair for the next commit. The value is copied (a Payload
+        writes itself), so it may live in a buffer the caller reuses."""
         size = len(value)
         if self._pool_used + size > len(self._pool):
             self.commit()
         if size <= len(self._pool):
             start, self._pool_used = self._pool_used, self._pool_used + size
-            self._pool[start:self._pool_used] = value
-            value = memoryview(self._pool)[start:self._pool_used]
+            stored = memoryview(self._pool)[start:self._pool_used]
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                stored[:] = value
+            else:
+                value.write_into(stored)
         else:
-            value = bytes(value)
-        self._pending.append((key, value))
+            stored = memoryview(bytes(value))
+        self._pending.append((key, stored))
         self._pending_bytes += len(key) + size
         if len(self._pending) >= self.commit_every or self._pending_bytes >= self.commit_bytes:
             self.commit()

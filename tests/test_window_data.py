@@ -92,6 +92,8 @@ def test_window_file_is_read_as_tokens_like_cpp(tmp_path: Path) -> None:
     ("# 0\na.jpg\n3 4 4\n1\n1 high 0 0 3 3\n", r"windows.txt:5: expected a window's overlap"),
     ("# 0\na.jpg\n3 4 4\n2\n1 0.9 0 0 3 3\n1 0.9 0 0 3.5 3\n", r"windows.txt:6: expected x2 "
                                                               r"\(int\), got '3.5'"),
+    ("# 0\na.jpg\n3 4 4\n1\n1 0.9 0 0 inf 3\n", r"windows.txt:5: expected x2 \(int\), "
+                                                r"got 'inf'"),
     ("# 0\na.jpg\n3 4 4\n2\n1 0.9 0 0 3 3\n", r"windows.txt:5: file ends where a window's "
                                                r"class index was expected"),
 ])

@@ -163,8 +163,10 @@ def _window_values(tokens: _Tokens, rows: list[list[str]], lines: list[int]) -> 
     except ValueError:
         values = None
     integral = [0, 2, 3, 4, 5]
-    if values is not None and np.all(values[:, integral] == np.trunc(values[:, integral])):
-        return values
+    if values is not None:
+        whole = values[:, integral]
+        if np.all(np.isfinite(whole) & (whole == np.trunc(whole))):
+            return values
     for row, line in zip(rows, lines):
         for field, token in zip(_WINDOW_FIELDS, row):
             kind = float if field == "a window's overlap" else int

@@ -22,7 +22,7 @@ class Progress:
     def __init__(self, total: int, stream: TextIO | None = None,
                  log_every: int = LOG_EVERY) -> None:
         self.total = total
-        self.line = StatusLine(stream).__enter__()
+        self.line = StatusLine(stream)
         self.log_every = log_every
         self.processed = 0
         self.written = 0
@@ -30,6 +30,7 @@ class Progress:
         self._drawn_at = 0.0
 
     def __enter__(self) -> Progress:
+        self.line.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:

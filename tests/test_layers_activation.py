@@ -12,15 +12,13 @@ import torch
 
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.base import Layer
-from caffe_ft.layers.registry import layer_class
 from caffe_ft.proto import caffe_pb2
-from caffe_ft.protofile import parse_text
+import layer_helpers
 
 
 def make(text: str, shapes: Sequence[tuple[int, ...]], phase: int = caffe_pb2.TRAIN) -> Layer:
-    param = parse_text(text, caffe_pb2.LayerParameter())
-    layer = layer_class(param.type)(param, phase)
-    layer.setup(shapes)
+    """A neuron layer, set up; its top has its bottom's shape."""
+    layer = layer_helpers.make(text, shapes, phase)
     assert layer.reshape(shapes) == [tuple(shapes[0])]
     return layer
 
@@ -185,7 +183,7 @@ def test_absval_refuses_in_place() -> None:
 
 
 def _normal(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((2, 3, 4)).astype(np.float32)
+    return layer_helpers.rand(2, 3, 4, seed=seed)
 
 
 # Caffe's backward of each layer as a function of (bottom data, top data);

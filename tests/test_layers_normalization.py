@@ -4,31 +4,18 @@ constant-row gradient, Softmax's negative axis. Expected values restate
 Caffe's rules in numpy."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
 import torch
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.layers.base import Layer
-from caffe_ft.layers.registry import layer_class
 from caffe_ft.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
+from layer_helpers import make, rand
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
-
-
-def make(text: str, shapes: Sequence[tuple[int, ...]], phase: int = TRAIN) -> Layer:
-    param = parse_text(text, caffe_pb2.LayerParameter())
-    layer = layer_class(param.type)(param, phase)
-    layer.setup(shapes)
-    return layer
-
-
-def rand(*shape: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 BN = 'name: "bn" type: "BatchNorm" bottom: "x" top: "y" {}'

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,15 @@ from caffe_ft.log import logger
 from solver_helpers import captured_log
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def golden_db(case: str, tmp_path: Path) -> Path:
+    """A copy of Caffe's LMDB for `case` (tests/fixtures/data/lmdb): opening
+    an LMDB writes lock.mdb beside it, which must not happen in the repository."""
+    copy = tmp_path / "golden" / case
+    copy.mkdir(parents=True)
+    shutil.copy(FIXTURES / "data" / "lmdb" / case / "data.mdb", copy)
+    return copy
 
 
 @pytest.fixture(autouse=True)

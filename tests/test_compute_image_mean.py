@@ -2,7 +2,6 @@
 its raw_color_32 LMDB (tests/fixtures/data, copied from golden/data)."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
@@ -15,18 +14,10 @@ from caffe_ft.data.compute_image_mean import channel_means, compute_image_mean
 from caffe_ft.data.lmdb_io import LMDBReader, LMDBWriter
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
+from conftest import golden_db
 from caffe_ft.protofile import read_binary
 
 DATA = Path(__file__).parent / "fixtures" / "data"
-
-
-def golden_db(case: str, tmp_path: Path) -> Path:
-    """A copy of Caffe's LMDB for `case`: opening an LMDB writes lock.mdb
-    beside it, which must not happen inside the repository."""
-    copy = tmp_path / "golden" / case
-    copy.mkdir(parents=True)
-    shutil.copy(DATA / "lmdb" / case / "data.mdb", copy)
-    return copy
 
 
 def write_db(path: Path, values: list[bytes]) -> None:

@@ -31,20 +31,12 @@ from caffe_ft.data.progress import Progress
 from caffe_ft.data.workers import OrderedWorkers
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
+from conftest import golden_db
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 IMAGES = DATA / "images"
 CASES = json.loads((DATA / "lmdb" / "cases.json").read_text())
 REPO = Path(__file__).parent.parent
-
-
-def golden_db(case: str, tmp_path: Path) -> Path:
-    """A copy of Caffe's LMDB for `case`: opening an LMDB writes lock.mdb
-    beside it, which must not happen inside the repository."""
-    copy = tmp_path / "golden" / case
-    copy.mkdir(parents=True)
-    shutil.copy(DATA / "lmdb" / case / "data.mdb", copy)
-    return copy
 
 
 def read_db(path: Path) -> list[tuple[bytes, caffe_pb2.Datum]]:

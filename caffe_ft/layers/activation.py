@@ -66,7 +66,7 @@ def _caffe_backward(layer: Layer, x: torch.Tensor, compute: Callable[[torch.Tens
     of `compute` serves where it gives the same (`autograd_is_caffes`) and
     the layer does not run in place in a way that changes it (`overwrites`)."""
     in_place = layer.param.top[0] == layer.param.bottom[0]
-    if x.requires_grad and (not autograd_is_caffes or (overwrites and in_place)):
+    if not autograd_is_caffes or (x.requires_grad and overwrites and in_place):
         return _CaffeGradient.apply(x, compute, gradient, in_place)
     return compute(x)
 

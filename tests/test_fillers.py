@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.fillers import fill
+from caffe_ft.fillers import FILLERS, fill
 from caffe_ft.proto import caffe_pb2
 
 FillerParameter = caffe_pb2.FillerParameter
@@ -141,3 +141,11 @@ def test_bilinear_needs_square_4d_blob() -> None:
         fill(torch.empty(1, 1, 3, 4), FillerParameter(type="bilinear"))
     with pytest.raises(CaffeError, match="4-D"):
         fill(torch.empty(3, 3), FillerParameter(type="bilinear"))
+
+
+def test_registry_holds_caffes_filler_types() -> None:
+    # filler.hpp's GetFiller: exactly these type names.
+    assert set(FILLERS) == {"constant", "uniform", "gaussian", "positive_unitball", "xavier",
+                            "msra", "bilinear"}
+    with pytest.raises(CaffeError, match="known: .*gaussian.*bilinear"):
+        fill(torch.empty(2), FillerParameter(type="orthogonal"))

@@ -27,7 +27,7 @@ from caffe_ft.data.sources import BatchSource, DatumSource, ImageListSource, Sha
 from caffe_ft.data.transformer import DataTransformer, load_mean_file
 from caffe_ft.data.windows import WindowFile, WindowSource, read_window_file
 from caffe_ft.errors import CaffeError
-from caffe_ft.fillers import KNOWN as KNOWN_FILLERS
+from caffe_ft.fillers import FILLERS as KNOWN_FILLERS
 from caffe_ft.fillers import fill
 from caffe_ft.layers.base import TRAIN, Layer, Shape
 from caffe_ft.layers.registry import register

@@ -69,6 +69,11 @@ def test_multistep_advances_at_most_one_step_per_call() -> None:
     ('lr_policy: ""', "Unknown learning rate policy"),
     ('lr_policy: "step" gamma: 0.1', "stepsize > 0"),
     ('lr_policy: "exp" gamma: -1', "gamma >= 0"),
+    ('lr_policy: "sigmoid" gamma: 0.1', 'lr_policy "sigmoid" needs stepsize > 0'),
+    ('lr_policy: "multistep" gamma: -0.5', 'lr_policy "multistep" needs gamma >= 0'),
+    ('lr_policy: "poly" power: 1', 'lr_policy "poly" needs max_iter > 0'),
+    # Caffe's GetLearningRate knows exactly these (no "none": it has no such branch).
+    ('lr_policy: "none"', "known policies: fixed, step, exp, inv, multistep, poly, sigmoid\\)"),
 ])
 def test_bad_policies_fail_before_training(text: str, message: str) -> None:
     with pytest.raises(CaffeError, match=message):

@@ -20,12 +20,11 @@ import cv2
 import numpy as np
 import torch
 
-from caffe_ft.blobs import blob_proto_to_array
+from caffe_ft.data.transformer import load_mean_file
 from caffe_ft.errors import CaffeError
 from caffe_ft.net.net import Net
 from caffe_ft.net.weights import copy_trained_layers_from
 from caffe_ft.proto import caffe_pb2
-from caffe_ft.protofile import read_binary
 
 
 @dataclass(frozen=True)
@@ -33,18 +32,6 @@ class Prediction:
     index: int
     label: str
     score: float
-
-
-def read_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
-    """A mean .binaryproto (compute_image_mean's output) as a C×H×W array."""
-    blob = read_binary(path, caffe_pb2.BlobProto(), "Mean file")
-    mean = blob_proto_to_array(blob)
-    if mean.ndim == 4 and mean.shape[0] == 1:
-        mean = mean[0]
-    if mean.ndim != 3:
-        raise CaffeError(f"{os.fspath(path)}: a mean file holds one C×H×W image; this blob "
-                         f"has shape {list(mean.shape)}")
-    return mean
 
 
 def parse_mean_values(text: str, channels: int) -> np.ndarray:
@@ -125,7 +112,7 @@ class Classifier:
             return parse_mean_values(mean_value, self.channels)[:, None, None]
         if not mean_file:
             return None
-        mean = read_mean_file(mean_file)
+        mean = load_mean_file(mean_file)
         if mean.shape[0] != self.channels:
             raise CaffeError(f"{mean_file}: the mean has {mean.shape[0]} channels; the net "
                              f"input has {self.channels}")

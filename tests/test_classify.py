@@ -12,10 +12,12 @@ import pytest
 import torch
 
 import caffe_ft as caffe
+from caffe_ft.blobs import array_to_blob_proto
 from caffe_ft.classify import Classifier, parse_mean_values
 from caffe_ft.cli import main
 from caffe_ft.data.compute_image_mean import compute_image_mean, write_mean
 from caffe_ft.errors import CaffeError
+from caffe_ft.protofile import write_binary
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "lenet_digits"
 DIGITS = EXAMPLE / "data"
@@ -104,6 +106,10 @@ def test_mean_and_label_errors_name_the_flag_or_file(tmp_path: Path) -> None:
     model, weights = saved_net(tmp_path, COLOR_DEPLOY, "color")
     with pytest.raises(CaffeError, match="-mean and -mean_value"):
         Classifier(model, weights, mean_file="m.binaryproto", mean_value="1")
+    # The data layers' mean reader: a file of two images is refused with its name.
+    write_binary(tmp_path / "two.binaryproto", array_to_blob_proto(np.zeros((2, 3, 8, 8))))
+    with pytest.raises(CaffeError, match=r"two\.binaryproto: expected a 1×C×H×W blob"):
+        Classifier(model, weights, mean_file=str(tmp_path / "two.binaryproto"))
     with pytest.raises(CaffeError, match="-blob nope: the net has no blob"):
         Classifier(model, weights, output="nope")
     (tmp_path / "labels.txt").write_text("only\ntwo\n")

@@ -10,6 +10,8 @@ code: Caffe's Datum path and cv::Mat path compute the same values.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from caffe_ft.blobs import blob_proto_to_array
@@ -23,14 +25,15 @@ from caffe_ft.protofile import read_binary
 TRAIN = caffe_pb2.TRAIN
 
 
-def load_mean_file(path: str) -> np.ndarray:
-    """A mean.binaryproto as float32 C×H×W (compute_image_mean writes 1×C×H×W)."""
+def load_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
+    """A mean.binaryproto as float32 C×H×W (compute_image_mean writes 1×C×H×W).
+    The one reader of mean files: the data layers and `classify` both use it."""
     mean = blob_proto_to_array(read_binary(path, caffe_pb2.BlobProto(), "Mean file"))
     if mean.ndim == 4 and mean.shape[0] == 1:
         mean = mean[0]
     if mean.ndim != 3:
-        raise CaffeError(f"Mean file {path}: expected a 1×C×H×W blob (as compute_image_mean "
-                         f"writes), got shape {list(mean.shape)}")
+        raise CaffeError(f"Mean file {os.fspath(path)}: expected a 1×C×H×W blob (as "
+                         f"compute_image_mean writes), got shape {list(mean.shape)}")
     return np.ascontiguousarray(mean, dtype=np.float32)
 
 

@@ -1,17 +1,16 @@
 """Progress of a database build: a live bar on a terminal, Caffe's periodic
-"Processed N files." log lines when stderr is a file or a pipe. `bar` and
-`clock` also draw the training progress line."""
+"Processed N files." log lines when stderr is a file or a pipe."""
 from __future__ import annotations
 
 import time
 from typing import TextIO
 
 from caffe_ft.log import StatusLine, logger
+from caffe_ft.progress_bar import bar, clock
 
 # Caffe's convert_imageset logs (and commits) every 1000 written Datums.
 LOG_EVERY = 1000
 _REDRAW_SECONDS = 0.1
-_BAR_WIDTH = 30
 
 
 class Progress:
@@ -61,13 +60,3 @@ class Progress:
         self.line.show(f"{bar(self.processed, self.total)} {self.processed}/{self.total} "
                        f"{rate:7.1f} img/s ETA {clock(left)}")
         self._drawn_at = now
-
-
-def bar(done: int, total: int) -> str:
-    filled = _BAR_WIDTH * done // max(total, 1)
-    return "[" + "#" * filled + "." * (_BAR_WIDTH - filled) + "]"
-
-
-def clock(seconds: float) -> str:
-    whole = int(seconds + 0.5)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"

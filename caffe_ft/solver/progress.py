@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from caffe_ft.data.progress import bar, clock
 from caffe_ft.log import StatusLine
+from caffe_ft.progress_bar import bar, clock
 
 _REDRAW_SECONDS = 0.2
 

@@ -1,11 +1,20 @@
-"""BlobProto ↔ tensor conversion, including Caffe's legacy 4-D dims."""
+"""BlobProto ↔ array and tensor conversion, including Caffe's legacy 4-D dims.
+
+torch is imported only to make a tensor: compute_image_mean writes its mean
+through here, and the data tools must not pay for importing torch.
+"""
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
+
+if TYPE_CHECKING:
+    import torch
 
 
 def legacy_shape(blob: caffe_pb2.BlobProto) -> tuple[int, ...] | None:
@@ -36,6 +45,7 @@ def blob_proto_to_array(blob: caffe_pb2.BlobProto, diff: bool = False) -> np.nda
 
 
 def blob_proto_to_tensor(blob: caffe_pb2.BlobProto) -> torch.Tensor:
+    import torch
     return torch.from_numpy(blob_proto_to_array(blob))
 
 
@@ -56,7 +66,10 @@ def _packed_floats(field_number: int, values: np.ndarray) -> bytes:
 
 
 def _as_array(value: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
+    # A tensor can only exist once torch is imported; asking sys.modules
+    # keeps this check from importing it.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     return np.asarray(value, dtype=np.float32)
 

@@ -2,7 +2,9 @@
 
 `import caffe_ft as caffe` gives pycaffe's API: caffe.Net, caffe.TRAIN/TEST,
 caffe.set_mode_cpu/gpu, caffe.io, caffe.Layer for Python layers. They load on
-first use, so tools that need no torch (convert_imageset) start fast.
+first use, and the `caffe_ft` command imports only the module of the action it
+runs (caffe_ft.cli.actions), so tools that need no torch (convert_imageset,
+compute_image_mean, the upgrade tools) never import it.
 """
 from __future__ import annotations
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from caffe_ft.cli import flag_arguments, main
+from caffe_ft.cli import main
+from caffe_ft.cli.actions import ACTIONS
+from caffe_ft.cli.flags import flag_arguments, parse_flags
 from caffe_ft.solver import launch
 from solver_helpers import captured_log
 
@@ -24,8 +26,6 @@ def test_rank_environment_is_torchruns() -> None:
 
 
 def test_flag_arguments_parse_back_to_the_same_values() -> None:
-    from caffe_ft.cli import ACTIONS, _load_actions, parse_flags
-    _load_actions()
     act = ACTIONS["train"]
     flags, _ = parse_flags(act, ["-solver", "s p.prototxt", "-weights=a,b", "-level", "2",
                                  "-gpu", "0,1", "-v"])

@@ -23,12 +23,12 @@ from caffe_ft.cli import main
 from caffe_ft.data.convert_imageset import (
     ConvertOptions,
     convert_imageset,
+    encode_entry,
 )
 from caffe_ft.data.datum import RawDatum
 from caffe_ft.data.image_list import parse_list_file
 from caffe_ft.data.lmdb_io import LMDBReader, LMDBWriter
 from caffe_ft.data.progress import Progress
-from caffe_ft.data.workers import OrderedWorkers
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
 from conftest import golden_db
@@ -197,6 +197,23 @@ def test_builds_after_opencv_ran_threads_in_this_process(tmp_path: Path) -> None
     assert cv2.getNumThreads() == threads
 
 
+def _crash_on_digit_3(job: builder._Job, task: tuple[str, int]) -> builder.Encoded:
+    if task[0].endswith("3.png"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return encode_entry(job, task)
+
+
+def test_a_worker_crashing_names_the_way_to_find_the_image(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The workers fork with the patched encode_entry.
+    monkeypatch.setattr(builder, "encode_entry", _crash_on_digit_3)
+    with pytest.raises(CaffeError, match=r"exited unexpectedly with code -9 while decoding "
+                                         r"images.*-workers=1"):
+        convert_imageset(f"{IMAGES}/", IMAGES / "digits.txt", tmp_path / "db",
+                         ConvertOptions(workers=2))
+    assert os.listdir(tmp_path) == []
+
+
 def test_existing_database_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "db"
     db.mkdir()
@@ -318,40 +335,6 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise(log_messages: list[s
     assert log_messages == [f"Processed {n} files." for n in (2, 4, 5)]
 
 
-def _square_unless(stop_at: int, item: int) -> int:
-    """Worker function: squares, finishing out of order; dies or fails at `stop_at`."""
-    time.sleep((item * 7919 % 13) / 4000)
-    if item == stop_at:
-        raise CaffeError(f"item {item} is bad")
-    if item == -stop_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return item * item
-
-
-@pytest.mark.parametrize("chunk", [1, 3])
-def test_workers_return_results_in_input_order(chunk: int) -> None:
-    pool = OrderedWorkers(_square_unless, 10_000, 3)
-    try:
-        assert list(pool.map(range(60), chunk, ahead=2)) == [i * i for i in range(60)]
-    finally:
-        pool.close()
-
-
-def _sized_payload(_: None, size: int) -> tuple[bytes, int]:
-    return bytes([size % 251]) * size, size
-
-
-def test_payloads_through_shared_arenas_or_the_pipe_when_too_big() -> None:
-    # 100-byte arenas: payloads of a chunk fill it in turn, the rest overflow.
-    pool = OrderedWorkers(_sized_payload, None, 2, arena_bytes=100)
-    sizes = [0, 30, 60, 99, 101, 250, 5, 50, 40, 70] * 3
-    try:
-        got = [(bytes(payload), size) for payload, size in pool.map(sizes, 3, ahead=2)]
-    finally:
-        pool.close()
-    assert got == [_sized_payload(None, size) for size in sizes]
-
-
 @pytest.mark.parametrize("shape", [(4, 5), (3, 2, 3), (7, 1, 4)])
 @pytest.mark.parametrize("label", [0, 3, 300, 2**31 - 1, -1, -2**31])
 def test_raw_datum_bytes_equal_protobufs(shape: tuple[int, ...], label: int) -> None:
@@ -362,21 +345,6 @@ def test_raw_datum_bytes_equal_protobufs(shape: tuple[int, ...], label: int) -> 
     raw = RawDatum(image, label, "test image")
     assert bytes(raw) == expected.SerializeToString()
     assert len(raw) == expected.ByteSize() and raw.data_size == chw.size
-
-
-def test_worker_errors_and_deaths_reach_the_main_process() -> None:
-    pool = OrderedWorkers(_square_unless, 17, 2)
-    try:
-        with pytest.raises(CaffeError, match="item 17 is bad"):
-            list(pool.map(range(40), 2))
-    finally:
-        pool.close()
-    pool = OrderedWorkers(_square_unless, -9, 2)
-    try:
-        with pytest.raises(CaffeError, match="worker process died"):
-            list(pool.map(range(40), 2))
-    finally:
-        pool.close()
 
 
 def test_unknown_encode_type_is_refused(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from caffe_ft.data.image_list import (
 )
 from caffe_ft.data.lmdb_io import LMDBWriter, check_backend
 from caffe_ft.data.progress import Progress
-from caffe_ft.data.workers import OrderedWorkers
+from caffe_ft.data.workers import Arena, OrderedWorkers, Region, WorkerDied
 from caffe_ft.errors import CaffeError
 from caffe_ft.log import logger
 
@@ -186,10 +186,14 @@ def _write(job: _Job, entries: list[ListEntry], folder: Path, workers: int, chec
 # Datum as a RawDatum, which workers write straight into shared memory; from
 # them it comes back as a view of that memory, valid until the next record
 # is taken.
+Encoded = tuple[RawDatum | bytes | None, int, str]
 Record = tuple[RawDatum | bytes | memoryview | None, int, str]
+# A record as a worker sends it: the Datum's place in its chunk's arena, or
+# its bytes when it does not fit there.
+_Sent = tuple[Region | bytes | None, int, str]
 
 
-def encode_entry(job: _Job, task: tuple[str, int]) -> Record:
+def encode_entry(job: _Job, task: tuple[str, int]) -> Encoded:
     """One list line (path, label) as a serialized Datum, or None and the
     reason it is skipped."""
     path, label = task
@@ -206,6 +210,11 @@ def encode_entry(job: _Job, task: tuple[str, int]) -> Record:
     return datum.SerializeToString(), len(datum.data), ""
 
 
+def _encode_in_worker(job: _Job, task: tuple[str, int], arena: Arena) -> _Sent:
+    value, size, why = encode_entry(job, task)
+    return (None if value is None else arena.put(value)), size, why
+
+
 @contextlib.contextmanager
 def _encoded_records(job: _Job, entries: list[ListEntry], workers: int) -> Iterator[Iterator[Record]]:
     """Records for `entries`, in order: made here with one worker, else by
@@ -217,12 +226,22 @@ def _encoded_records(job: _Job, entries: list[ListEntry], workers: int) -> Itera
     # Small chunks keep the arenas small (a raw 256×256 Datum is 192 KiB)
     # while still amortizing the round trip.
     chunk = max(1, min(8, len(entries) // (workers * 8)))
-    pool: OrderedWorkers[_Job, tuple[str, int], Record] = OrderedWorkers(
-        encode_entry, job, workers, arena_bytes=_ARENA_BYTES)
+    pool: OrderedWorkers[_Job, tuple[str, int], _Sent] = OrderedWorkers(
+        _encode_in_worker, job, workers, "convert_imageset", arena_bytes=_ARENA_BYTES)
     try:
-        yield pool.map(tasks, chunk)
+        yield _received(pool.map(tasks, chunk))
     finally:
         pool.close()
+
+
+def _received(sent: Iterator[tuple[_Sent, memoryview]]) -> Iterator[Record]:
+    """The workers' records with each Datum read in place from shared memory."""
+    try:
+        for (value, size, why), memory in sent:
+            yield (value.of(memory) if isinstance(value, Region) else value), size, why
+    except WorkerDied as died:
+        raise CaffeError(f"{died} while decoding images; one of the images in flight may "
+                         f"crash OpenCV (run with -workers=1 to find it)") from None
 
 
 def _available_cpus() -> int:

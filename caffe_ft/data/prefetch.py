@@ -1,42 +1,38 @@
 """Prefetching batches in worker processes: Caffe's prefetch thread, scaled out.
 
-Worker w of W builds batches w, w + W, w + 2W, ... of a source (a source
-computes any batch from its index alone), so the stream is the one a single
-process reading in order produces. As in Caffe's BasePrefetchingDataLayer, a
-fixed set of batch buffers is reused: each worker owns a few slots of shared
-memory, fills a free one and hands its number back; a receiver thread in the
-main process takes the batches in index order, copies each out of its slot
-(into pinned memory when the net is on CUDA, for a non_blocking copy) and
-frees the slot. Fresh shared memory per batch would cost more than decoding
-it. Each worker opens its database handles itself, after the fork.
+The data package's worker pool (caffe_ft.data.workers) computes batches 0, 1,
+2, ... of a source (a source computes any batch from its index alone), so the
+stream is the one a single process reading in order produces. As in Caffe's
+BasePrefetchingDataLayer, a fixed set of batch buffers is reused: each
+worker builds a batch in place in one of its shared-memory arenas; a
+receiver thread in the main process takes the batches in index order and
+copies each out of its arena (into pinned memory when the net is on CUDA,
+for a non_blocking copy), which frees the arena. Fresh shared memory per
+batch would cost more than decoding it. Each worker opens its database
+handles itself, after the fork. This module holds what needs torch.
 """
 from __future__ import annotations
 
+import itertools
 import math
-import multiprocessing
 import os
 import queue
-import signal
-import sys
 import threading
-import traceback
 import weakref
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-import torch.multiprocessing  # noqa: F401  (lets spawned workers receive shared tensors)
 
 from caffe_ft.data.sources import BatchStream, Shard, new_arrays
-from caffe_ft.data.workers import opencv_single_threaded
+from caffe_ft.data.workers import Arena, OrderedWorkers, Region
 from caffe_ft.errors import CaffeError
 
 WORKERS_ENV = "CAFFE_FT_DATA_WORKERS"
 # More workers than this rarely pay for one net: the decode rate they add is
 # beyond what a single GPU consumes.
 MAX_DEFAULT_WORKERS = 8
-# How often a blocked worker or receiver looks whether its peer is still alive.
+# How often a blocked receiver or consumer looks whether the pool is stopping.
 _POLL_S = 1.0
 
 
@@ -67,143 +63,72 @@ def train_shard() -> Shard:
 
 
 @dataclass(frozen=True)
-class _Failure:
-    """An error in a worker: a CaffeError's message, or a bug's traceback."""
-    message: str
-    user_error: bool
-
-    def exception(self) -> Exception:
-        if self.user_error:
-            return CaffeError(self.message)
-        return RuntimeError(f"data prefetch worker failed:\n{self.message}")
+class _Placed:
+    """A batch built in its arena: float32 arrays at these regions and shapes."""
+    arrays: list[tuple[Region, tuple[int, ...]]]
 
 
-@dataclass(frozen=True)
-class _Filled:
-    """Batch in slot `slot`: float32 arrays at these byte offsets and shapes."""
-    slot: int
-    arrays: list[tuple[int, tuple[int, ...]]]
+class _ArenaAllocator:
+    """Gives load_batch its arrays inside the arena, so the batch is built
+    where the main process reads it; a batch too large for the arena (images
+    of varying size) gets new arrays and travels by value."""
 
-
-@dataclass(frozen=True)
-class _Oversized:
-    """A batch larger than the slots (images of varying size): sent by value."""
-    slot: int
-    arrays: list[np.ndarray]
-
-
-class _SlotAllocator:
-    """Gives load_batch its arrays inside a slot, so the batch is built where
-    the main process reads it; a batch too large for the slot gets new arrays."""
-
-    def __init__(self, memory: np.ndarray) -> None:
-        self.memory = memory
-        self.placed: list[tuple[int, tuple[int, ...]]] | None = None
+    def __init__(self, arena: Arena) -> None:
+        self.arena = arena
+        self.placed: list[tuple[Region, tuple[int, ...]]] | None = None
 
     def __call__(self, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
         sizes = [4 * math.prod(shape) for shape in shapes]
-        if sum(sizes) > self.memory.nbytes:
+        taken = self.arena.take(sum(sizes))
+        if taken is None:
             self.placed = None
             return new_arrays(shapes)
+        block, memory = taken
         arrays, self.placed, offset = [], [], 0
         for shape, size in zip(shapes, sizes):
-            arrays.append(self.memory[offset:offset + size].view(np.float32).reshape(shape))
-            self.placed.append((offset, shape))
+            arrays.append(np.frombuffer(memory[offset:offset + size], np.float32).reshape(shape))
+            self.placed.append((Region(block.offset + offset, size), shape))
             offset += size
         return arrays
 
 
-def _worker_loop(source: BatchStream, worker: int, workers: int, slots: list[torch.Tensor],
-                 free: Any, full: Any, parent: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    index = worker
-    while True:
-        try:
-            slot = free.get(timeout=_POLL_S)
-        except queue.Empty:
-            if os.getppid() != parent:  # orphaned: the main process is gone
-                return
-            continue
-        if slot is None:
-            return
-        allocator = _SlotAllocator(slots[slot].numpy())
-        try:
-            arrays = source.load_batch(index, allocator)
-        except CaffeError as err:
-            full.put(_Failure(str(err), user_error=True))
-            return
-        except Exception:  # a bug: its traceback must reach the main process
-            full.put(_Failure(traceback.format_exc(), user_error=False))
-            return
-        if allocator.placed is None:
-            full.put(_Oversized(slot, arrays))
-        else:
-            full.put(_Filled(slot, allocator.placed))
-        index += workers
+def _load_batch(source: BatchStream, index: int, arena: Arena) -> _Placed | list[np.ndarray]:
+    """Runs in a worker: batch `index`, in the arena where it fits."""
+    allocate = _ArenaAllocator(arena)
+    arrays = source.load_batch(index, allocate)
+    return arrays if allocate.placed is None else _Placed(allocate.placed)
 
 
 class _Pool:
-    """Worker processes, their slots and queues, and the receiver thread that
-    puts finished batches, in order, on `ready`."""
+    """The worker pool over a source, and the receiver thread that puts its
+    batches, in order, as tensors on `ready`."""
 
-    def __init__(self, source: BatchStream, workers: int, slots_per_worker: int,
-                 slot_bytes: int, pin: bool) -> None:
-        # fork starts workers in milliseconds with everything imported; other
-        # platforms, where fork is unsafe, get spawn (the source is picklable).
-        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        self.workers = workers
+    def __init__(self, source: BatchStream, workers: int, arenas_per_worker: int,
+                 arena_bytes: int, pin: bool) -> None:
         self.pin = pin
+        self.arenas_per_worker = arenas_per_worker
         self.stopped = threading.Event()
-        self.ready: queue.Queue[list[torch.Tensor] | _Failure] = queue.Queue(maxsize=2)
-        self.slots = [[torch.empty(slot_bytes, dtype=torch.uint8).share_memory_()
-                       for _ in range(slots_per_worker)] for _ in range(workers)]
-        self.free = [context.Queue() for _ in range(workers)]
-        self.full = [context.Queue() for _ in range(workers)]
-        for worker in range(workers):
-            for slot in range(slots_per_worker):
-                self.free[worker].put(slot)
-        self.processes = [
-            context.Process(target=_worker_loop, daemon=True, name=f"caffe_ft-data-{worker}",
-                            args=(source, worker, workers, self.slots[worker],
-                                  self.free[worker], self.full[worker], os.getpid()))
-            for worker in range(workers)]
-        # The workers already fill the CPUs, so OpenCV runs single-threaded in
-        # them; the setting is made around the fork because a child changing it
-        # waits forever on the parent's OpenCV threads, which it does not have.
-        with opencv_single_threaded():
-            for process in self.processes:
-                process.start()
+        self.ready: queue.Queue[list[torch.Tensor] | Exception] = queue.Queue(maxsize=2)
+        self.workers: OrderedWorkers[BatchStream, int, _Placed | list[np.ndarray]] = \
+            OrderedWorkers(_load_batch, source, workers, "data prefetch", arena_bytes=arena_bytes,
+                           held_per_worker=arenas_per_worker - 1)
+        self.processes = self.workers.processes
         self.receiver = threading.Thread(target=self._receive, daemon=True,
                                          name="caffe_ft-data-receiver")
         self.receiver.start()
 
-    def _take(self, worker: int) -> _Filled | _Oversized | _Failure | None:
-        """The next message of `worker`; None once the pool is stopping."""
-        while not self.stopped.is_set():
-            try:
-                return self.full[worker].get(timeout=_POLL_S)
-            except queue.Empty:
-                process = self.processes[worker]
-                if not process.is_alive():
-                    return _Failure(f"data prefetch worker {worker} (pid {process.pid}) exited "
-                                    f"unexpectedly with code {process.exitcode}",
-                                    user_error=False)
-        return None
-
-    def _batch(self, worker: int, message: _Filled | _Oversized) -> list[torch.Tensor]:
-        """The batch's tensors, out of the slot: pinned for a non_blocking copy
-        to the GPU, else a private copy, so a top never changes under its user
-        when the slot is refilled."""
-        if isinstance(message, _Oversized):
-            tensors = [torch.from_numpy(array) for array in message.arrays]
+    def _batch(self, result: _Placed | list[np.ndarray], memory: memoryview) -> list[torch.Tensor]:
+        """The batch's tensors, out of the arena: pinned for a non_blocking
+        copy to the GPU, else a private copy, so a top never changes under
+        its user when the arena is refilled."""
+        if not isinstance(result, _Placed):
+            tensors = [torch.from_numpy(array) for array in result]
             return [t.pin_memory() for t in tensors] if self.pin else tensors
-        memory = self.slots[worker][message.slot]
-        views = [memory[offset:offset + 4 * math.prod(shape)].view(torch.float32).view(shape)
-                 for offset, shape in message.arrays]
+        views = [torch.from_numpy(np.frombuffer(region.of(memory), np.float32).reshape(shape))
+                 for region, shape in result.arrays]
         return [v.pin_memory() if self.pin else v.clone() for v in views]
 
-    def _hand_over(self, item: list[torch.Tensor] | _Failure) -> None:
+    def _hand_over(self, item: list[torch.Tensor] | Exception) -> None:
         while not self.stopped.is_set():
             try:
                 self.ready.put(item, timeout=_POLL_S)
@@ -213,16 +138,17 @@ class _Pool:
 
     def _receive(self) -> None:
         """Runs in the receiver thread: batch after batch in index order."""
-        index = 0
-        while (message := self._take(index % self.workers)) is not None:
-            if isinstance(message, _Failure):
-                self._hand_over(message)
-                return
-            worker = index % self.workers
-            batch = self._batch(worker, message)
-            self.free[worker].put(message.slot)
-            self._hand_over(batch)
-            index += 1
+        # An arena's batch is copied out before the next is asked for, so
+        # every arena but the one being copied may be filling.
+        batches = self.workers.map(itertools.count(), chunk=1, ahead=self.arenas_per_worker)
+        try:
+            for result, memory in batches:
+                if self.stopped.is_set():
+                    return
+                self._hand_over(self._batch(result, memory))
+        except Exception as err:  # a worker's failure or death is the consumer's to raise
+            if not self.stopped.is_set():
+                self._hand_over(err)
 
     def next(self) -> list[torch.Tensor]:
         while True:
@@ -232,18 +158,17 @@ class _Pool:
             except queue.Empty:
                 if not self.receiver.is_alive():
                     raise RuntimeError("the data prefetch receiver thread stopped") from None
-        if isinstance(batch, _Failure):
-            raise batch.exception()
+        if isinstance(batch, Exception):
+            raise batch
         return batch
 
     def close(self) -> None:
+        # The workers go first: the receiver, waiting on them, then sees them
+        # die and ends, and only then may their pipes and arenas be freed.
         self.stopped.set()
-        for free in self.free:
-            free.put(None)
-        for process in self.processes:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.terminate()
+        self.workers.stop()
+        self.receiver.join()
+        self.workers.close()
 
 
 class Prefetcher:
@@ -256,8 +181,8 @@ class Prefetcher:
         self.source = source
         self.workers = workers
         self.depth = max(1, depth)
-        # Slots hold a batch of the setup shapes; a larger one travels by value.
-        self.slot_bytes = 4 * sum(math.prod(shape) for shape in top_shapes)
+        # An arena holds a batch of the setup shapes; a larger one travels by value.
+        self.arena_bytes = 4 * sum(math.prod(shape) for shape in top_shapes)
         self._pool: _Pool | None = None
         self._next_index = 0
 
@@ -269,7 +194,7 @@ class Prefetcher:
             return [torch.from_numpy(array).to(device) for array in arrays]
         if self._pool is None:
             self._pool = _Pool(self.source, self.workers,
-                               max(2, math.ceil(self.depth / self.workers)), self.slot_bytes,
+                               max(2, math.ceil(self.depth / self.workers)), self.arena_bytes,
                                pin=device.type == "cuda")
             # Stops the workers when the layer goes, or at exit.
             weakref.finalize(self, self._pool.close)

@@ -285,6 +285,22 @@ def test_v1_layer_with_leftover_v0_layer_is_reported(caffe_log: _Records) -> Non
     assert "Upgrade of input layer 0 failed." in caffe_log.lines(logging.ERROR)
 
 
+
+def test_failed_step_is_logged_and_the_upgrade_goes_on(caffe_log: _Records) -> None:
+    # UpgradeNetAsNeeded: a step that fails (V0 drops a field) logs Caffe's
+    # warning, makes the whole upgrade report false, and the later steps run.
+    net = _net("""input: "x" input_dim: 1 input_dim: 1 input_dim: 4 input_dim: 4
+                  layers { layer { name: "c" type: "conv" num_output: 2 dropout_ratio: 0.1 }
+                           bottom: "x" top: "c" }""")
+    assert not upgrade_net_as_needed(net, "odd.prototxt")
+    assert ("Warning: had one or more problems upgrading V0NetParameter to NetParameter (see "
+            "above); continuing anyway.") in caffe_log.lines(logging.ERROR)
+    infos = caffe_log.lines(logging.INFO)
+    assert "Successfully upgraded file specified using deprecated V0LayerParameter" not in infos
+    assert "Successfully upgraded file specified using deprecated V1LayerParameter" in infos
+    assert [layer.type for layer in net.layer] == ["Input", "Convolution"]
+
+
 def test_layer_and_layers_together_is_fatal(tmp_path: Path) -> None:
     path = tmp_path / "both.prototxt"
     path.write_text('layer { name: "a" type: "ReLU" }\nlayers { name: "b" type: RELU }\n')
@@ -398,6 +414,10 @@ def test_read_solver_text_upgrades_type_and_prefix(tmp_path: Path, caffe_log: _R
     assert solver.snapshot_prefix == str(tmp_path / "old_solver")
     assert (f"Attempting to upgrade input file specified using deprecated 'solver_type' field "
             f"(enum)': {path}") in caffe_log.lines(logging.INFO)
+    assert ("Successfully upgraded file specified using deprecated 'solver_type' field (enum) "
+            "to 'type' field (string).") in caffe_log.lines(logging.INFO)
+    assert ("Note that future Caffe releases will only support 'type' field (string) for a "
+            "solver's type.") in caffe_log.lines(logging.WARNING)
 
 
 def _v1_caffemodel(values: np.ndarray) -> caffe_pb2.NetParameter:

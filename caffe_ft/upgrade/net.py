@@ -6,6 +6,7 @@ from __future__ import annotations
 from caffe_ft.errors import CaffeError
 from caffe_ft.log import logger
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.upgrade.step import run_upgrade_step
 from caffe_ft.upgrade.v0 import net_needs_v0_to_v1_upgrade, upgrade_v0_net
 from caffe_ft.upgrade.v1 import (
     net_needs_data_upgrade,
@@ -82,15 +83,12 @@ def upgrade_net_as_needed(net: caffe_pb2.NetParameter, source: str) -> bool:
     to be dropped on the way (logged; the net is still usable)."""
     success = True
     if net_needs_v0_to_v1_upgrade(net):
-        logger.info("Attempting to upgrade input file specified using deprecated "
-                    "V0LayerParameter: %s", source)
-        if upgrade_v0_net(net, source):
-            logger.info("Successfully upgraded file specified using deprecated "
-                        "V0LayerParameter")
-        else:
-            success = False
-            logger.error("Warning: had one or more problems upgrading V0NetParameter to "
-                         "NetParameter (see above); continuing anyway.")
+        success &= run_upgrade_step(
+            "Attempting to upgrade input file specified using deprecated V0LayerParameter",
+            source, lambda: upgrade_v0_net(net, source),
+            "Successfully upgraded file specified using deprecated V0LayerParameter",
+            "Warning: had one or more problems upgrading V0NetParameter to NetParameter (see "
+            "above); continuing anyway.")
         logger.warning("Note that future Caffe releases will not support V0NetParameter; use "
                        "caffe_ft upgrade_net_proto_text for prototxt and caffe_ft "
                        "upgrade_net_proto_binary for model weights upgrade this and any other "
@@ -104,15 +102,12 @@ def upgrade_net_as_needed(net: caffe_pb2.NetParameter, source: str) -> bool:
         logger.warning("Note that future Caffe releases will only support transform_param "
                        "messages for transformation fields.")
     if net_needs_v1_to_v2_upgrade(net):
-        logger.info("Attempting to upgrade input file specified using deprecated "
-                    "V1LayerParameter: %s", source)
-        if upgrade_v1_net(net, source):
-            logger.info("Successfully upgraded file specified using deprecated "
-                        "V1LayerParameter")
-        else:
-            success = False
-            logger.error("Warning: had one or more problems upgrading V1LayerParameter (see "
-                         "above); continuing anyway.")
+        success &= run_upgrade_step(
+            "Attempting to upgrade input file specified using deprecated V1LayerParameter",
+            source, lambda: upgrade_v1_net(net, source),
+            "Successfully upgraded file specified using deprecated V1LayerParameter",
+            "Warning: had one or more problems upgrading V1LayerParameter (see above); "
+            "continuing anyway.")
     if net_needs_input_upgrade(net):
         logger.info("Attempting to upgrade input file specified using deprecated input "
                     "fields: %s", source)

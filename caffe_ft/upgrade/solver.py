@@ -8,6 +8,7 @@ import os
 from caffe_ft.errors import CaffeError
 from caffe_ft.log import logger
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.upgrade.step import run_upgrade_step
 
 # SolverType enum name → the solver registry's type string.
 SOLVER_TYPES: dict[str, str] = {
@@ -36,18 +37,17 @@ def upgrade_solver_type(solver: caffe_pb2.SolverParameter, source: str = "<solve
 
 
 def upgrade_solver_as_needed(solver: caffe_pb2.SolverParameter, source: str) -> bool:
-    success = True
-    if solver_needs_type_upgrade(solver):
-        logger.info("Attempting to upgrade input file specified using deprecated "
-                    "'solver_type' field (enum)': %s", source)
-        if upgrade_solver_type(solver, source):
-            logger.info("Successfully upgraded file specified using deprecated 'solver_type' "
-                        "field (enum) to 'type' field (string).")
-            logger.warning("Note that future Caffe releases will only support 'type' field "
-                           "(string) for a solver's type.")
-        else:
-            success = False
-            logger.error("Warning: had one or more problems upgrading SolverType (see above).")
+    if not solver_needs_type_upgrade(solver):
+        return True
+    success = run_upgrade_step(
+        "Attempting to upgrade input file specified using deprecated 'solver_type' field "
+        "(enum)'", source, lambda: upgrade_solver_type(solver, source),
+        "Successfully upgraded file specified using deprecated 'solver_type' field (enum) to "
+        "'type' field (string).",
+        "Warning: had one or more problems upgrading SolverType (see above).")
+    if success:
+        logger.warning("Note that future Caffe releases will only support 'type' field "
+                       "(string) for a solver's type.")
     return success
 
 

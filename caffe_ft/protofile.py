@@ -95,12 +95,18 @@ def read_text(path: PathLike, message: M, what: str = "File") -> M:
 
 def read_binary(path: PathLike, message: M, what: str = "File") -> M:
     """Read a binary protobuf file (.caffemodel, .binaryproto, .solverstate)."""
-    raw = _read_bytes(path, what)
+    return parse_binary(_read_bytes(path, what), message,
+                        f"{os.fspath(path)}: not a valid binary {message.DESCRIPTOR.name}",
+                        "is it truncated, or a text prototxt?")
+
+
+def parse_binary(raw: bytes, message: M, failure: str, hint: str) -> M:
+    """Parse serialized bytes into `message`; bytes protobuf cannot decode
+    raise "<failure> (<protobuf's reason>); <hint>"."""
     try:
         message.ParseFromString(raw)
     except DecodeError as err:
-        raise CaffeError(f"{os.fspath(path)}: not a valid binary {message.DESCRIPTOR.name} "
-                         f"({err}); is it truncated, or a text prototxt?") from None
+        raise CaffeError(f"{failure} ({err}); {hint}") from None
     return message
 
 

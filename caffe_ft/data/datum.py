@@ -10,10 +10,10 @@ import os
 
 import cv2
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.protofile import parse_binary
 
 
 class ImageReadError(CaffeError):
@@ -78,13 +78,8 @@ def encoded_datum(data: bytes, label: int) -> caffe_pb2.Datum:
 
 def parse_datum(value: bytes, where: str) -> caffe_pb2.Datum:
     """A Datum from a database value; `where` names the database and key."""
-    datum = caffe_pb2.Datum()
-    try:
-        datum.ParseFromString(value)
-    except DecodeError as err:
-        raise CaffeError(f"{where}: value is not a valid Datum ({err}); is the database "
-                         f"corrupt or not written by convert_imageset?") from None
-    return datum
+    return parse_binary(value, caffe_pb2.Datum(), f"{where}: value is not a valid Datum",
+                        "is the database corrupt or not written by convert_imageset?")
 
 
 def decode_image(data: bytes, color: bool | None, where: str) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from caffe_ft.layers.base import Layer
-from caffe_ft.layers.registry import layer_class
+from caffe_ft.layers.families import layer_class
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
 

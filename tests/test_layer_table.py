@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from caffe_ft.layers.registry import known_types, layer_class
+from caffe_ft.layers.families import known_types, layer_class
 from conftest import FIXTURES
 
 TABLE = Path(__file__).resolve().parent.parent / "docs" / "layers.md"

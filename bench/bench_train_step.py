@@ -139,8 +139,8 @@ def caffe_ft_step(prototxt: Path, data: torch.Tensor, label: torch.Tensor) -> Ca
         max_iter=10**9, display=0, random_seed=1, snapshot_after_train=False)
     solver_param.net_param.CopyFrom(with_inputs(read_net_text(prototxt), tuple(data.shape)))
     solver = Solver(solver_param)
-    solver.net.blob("data").copy_(data)
-    solver.net.blob("label").copy_(label.float())
+    solver.net.set_blob_data("data", data)
+    solver.net.set_blob_data("label", label.float())
     return lambda: solver.step(1)
 
 

@@ -156,11 +156,11 @@ class Classifier:
         """The output blob for a batch of images, one row per image."""
         batch = np.stack([self.preprocess(image) for image in images])
         self.net.reshape_input(self.input, tuple(batch.shape))
-        self.net.reshape_all()
+        self.net.reshape()
+        self.net.set_blob_data(self.input, torch.from_numpy(batch))
         with torch.no_grad():
-            self.net.blob(self.input).copy_(torch.from_numpy(batch))
             self.net.forward()
-            out = self.net.blob(self.output).detach().cpu().numpy()
+            out = self.net.blob_data(self.output).detach().cpu().numpy()
         return out.reshape(len(images), -1)
 
     def classify(self, paths: Sequence[str], top_k: int = 5) -> list[list[Prediction]]:

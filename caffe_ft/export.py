@@ -31,17 +31,13 @@ class BlobGraph(nn.Module):
     def __init__(self, net: Net) -> None:
         super().__init__()
         self.net = net
-        input_layers = [i for i, layer in enumerate(net.layers) if layer.param.type == "Input"]
-        self.input_names = [name for i in input_layers for name in net.top_names[i]]
+        self.input_names = [name for i, layer in enumerate(net.layers)
+                            if layer.param.type == "Input" for name in net.top_names[i]]
         self.output_names = list(net.output_names)
-        self.compute_layers = [i for i in range(len(net.layers)) if i not in input_layers]
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        for name, value in zip(self.input_names, inputs):
-            self.net.set_blob(name, value)
-        for i in self.compute_layers:
-            self.net.forward(i, i)
-        return tuple(self.net.blob(name) for name in self.output_names)
+        self.net.forward(feed=dict(zip(self.input_names, inputs)))
+        return tuple(self.net.blob_data(name) for name in self.output_names)
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         return tuple(torch.zeros(self.net.blob_shapes[name]) for name in self.input_names)

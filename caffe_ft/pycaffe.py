@@ -1,8 +1,9 @@
 """pycaffe's Python API over caffe_ft's Net, so legacy scripts (net surgery,
 feature extraction, classification) run with `import caffe_ft as caffe`.
 
-Blob `.data`/`.diff` are numpy views of the tensors the net computes with on
-CPU, so `net.blobs['data'].data[...] = x` writes the input and
+Blob `.data`/`.diff` are persistent host arrays kept in step with the
+tensors the net computes with, on the CPU or a GPU (caffe_ft.net.store), so
+`net.blobs['data'].data[...] = x` writes the input and
 `net.params['fc8'][0].data[...] = w` edits the weights in place.
 """
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 import torch
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.net.net import AUTO_TOP
 from caffe_ft.net.net import Net as CoreNet
 from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
 from caffe_ft.proto import caffe_pb2
@@ -51,13 +51,9 @@ def set_random_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    array = tensor.detach()
-    return array.numpy() if array.device.type == "cpu" else array.cpu().numpy()
-
-
 class Blob:
-    """pycaffe's Blob: a named net blob with data and diff."""
+    """pycaffe's Blob: a named net blob whose data and diff are persistent
+    host arrays that stay in step with the device (caffe_ft.net.store)."""
 
     def __init__(self, net: CoreNet, name: str) -> None:
         self._net = net
@@ -65,7 +61,7 @@ class Blob:
 
     @property
     def data(self) -> np.ndarray:
-        return _numpy(self._net.blob(self._name))
+        return self._net.host_blob(self._name)
 
     @data.setter
     def data(self, value: Any) -> None:
@@ -73,10 +69,7 @@ class Blob:
 
     @property
     def diff(self) -> np.ndarray:
-        diff = self._net.blob_diff(self._name)
-        if diff is None:
-            return np.zeros(self._net.blob_shapes[self._name], dtype=np.float32)
-        return _numpy(diff)
+        return self._net.host_blob(self._name, diff=True)
 
     @diff.setter
     def diff(self, value: Any) -> None:
@@ -84,7 +77,7 @@ class Blob:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._net.blob(self._name).shape)
+        return tuple(self._net.blob_data(self._name).shape)
 
     @property
     def count(self) -> int:
@@ -104,14 +97,17 @@ class Blob:
         self._net.reshape_input(self._name, tuple(int(d) for d in shape))
 
 
-class ParamBlob:
-    def __init__(self, layer: Any, index: int) -> None:
-        self._layer = layer
+class ParamBlob(Blob):
+    """A layer's parameter blob, with the same host arrays as a net blob."""
+
+    def __init__(self, net: CoreNet, layer_index: int, index: int) -> None:
+        self._net = net
+        self._layer_index = layer_index
         self._index = index
 
     @property
     def data(self) -> np.ndarray:
-        return _numpy(self._layer.blob(self._index))
+        return self._net.host_param(self._layer_index, self._index)
 
     @data.setter
     def data(self, value: Any) -> None:
@@ -119,22 +115,19 @@ class ParamBlob:
 
     @property
     def diff(self) -> np.ndarray:
-        grad = self._layer.blobs[self._index].grad
-        if grad is None:
-            return np.zeros(tuple(self._layer.blob(self._index).shape), dtype=np.float32)
-        return _numpy(grad.view(self._layer.blob(self._index).shape))
+        return self._net.host_param(self._layer_index, self._index, diff=True)
+
+    @diff.setter
+    def diff(self, value: Any) -> None:
+        self.diff[...] = value
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self._layer.blob(self._index).shape)
-
-    @property
-    def count(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return tuple(self._net.layers[self._layer_index].blob(self._index).shape)
 
     def reshape(self, *shape: int) -> None:
+        blob = self._net.layers[self._layer_index].blobs[self._index]
         with torch.no_grad():
-            blob = self._layer.blobs[self._index]
             blob.data = torch.zeros(shape, dtype=blob.dtype, device=blob.device)
 
 
@@ -157,12 +150,10 @@ class Net:
         param = read_net_text(os.fspath(network_file))
         self._net = CoreNet(param, phase, level, stages, source=os.fspath(network_file))
         self._net.to(_device)
-        self._net.retain_blob_diffs = True
-        # Blob order is Caffe's: first appearance as a top. Wiring never changes,
-        # so the views are made once.
-        self._blobs = OrderedDict(
-            (name, Blob(self._net, name)) for tops in self._net.top_names for name in tops
-            if not name.startswith(AUTO_TOP))
+        # pycaffe reads every blob's diff and may run a range of layers backward.
+        self._net.keep_blob_diffs = True
+        # Wiring never changes, so the views are made once.
+        self._blobs = OrderedDict((name, Blob(self._net, name)) for name in self._net.blob_names)
         if weights:
             self.copy_from(weights)
 
@@ -173,8 +164,9 @@ class Net:
 
     @property
     def params(self) -> OrderedDict[str, list[ParamBlob]]:
-        return OrderedDict((layer.name, [ParamBlob(layer, i) for i in range(len(layer.blobs))])
-                           for layer in self._net.layers if len(layer.blobs))
+        return OrderedDict((layer.name, [ParamBlob(self._net, i, j)
+                                         for j in range(len(layer.blobs))])
+                           for i, layer in enumerate(self._net.layers) if len(layer.blobs))
 
     @property
     def layers(self) -> list[Any]:
@@ -209,8 +201,10 @@ class Net:
     # -- running -------------------------------------------------------
     def forward(self, blobs: Iterable[str] | None = None, start: str | None = None,
                 end: str | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
+        """pycaffe's forward: inputs given as arrays are written first; returns
+        the outputs' (or `end`'s tops' and `blobs`') host arrays."""
         for name, value in kwargs.items():
-            self._set_input(name, value)
+            self._write(name, value, "data")
         first = self._net.layer_index(start) if start else 0
         last = self._net.layer_index(end) if end else len(self._net.layers) - 1
         self._net.forward(first, last)
@@ -219,14 +213,22 @@ class Net:
 
     def backward(self, diffs: Iterable[str] | None = None, start: str | None = None,
                  end: str | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
-        seeds = {name: torch.as_tensor(np.asarray(value, dtype=np.float32))
-                 for name, value in kwargs.items()}
-        self._net.backward(seeds)
-        outs = set(diffs or ()) | set(self.inputs)
+        """pycaffe's backward (Caffe's BackwardFromTo from `start` down to
+        `end`): output diffs given as arrays are written first; returns the
+        diffs of the inputs (or `end`'s bottoms) and of `diffs`."""
+        for name, value in kwargs.items():
+            if name not in self.outputs:
+                raise CaffeError(f"Top diff arguments do not match net outputs: '{name}' is "
+                                 f"not one of {self.outputs}")
+            self._write(name, value, "diff")
+        first = self._net.layer_index(start) if start else len(self._net.layers) - 1
+        last = self._net.layer_index(end) if end else 0
+        self._net.backward(start=first, end=last)
+        outs = set(diffs or ()) | set(self._net.bottom_names[last] if end else self.inputs)
         return {name: self.blobs[name].diff for name in outs}
 
     def reshape(self) -> None:
-        self._net.reshape_all()
+        self._net.reshape()
 
     def set_input_arrays(self, data: np.ndarray, labels: np.ndarray) -> None:
         """Feed a MemoryData first layer, as pycaffe's Net.set_input_arrays."""
@@ -236,13 +238,15 @@ class Net:
                              f"got {first.param.type} layer '{first.name}'")
         first.set_input_arrays(data, labels)
 
-    def _set_input(self, name: str, value: Any) -> None:
+    def _write(self, name: str, value: Any, side: str) -> None:
+        if name not in self.blobs:
+            raise CaffeError(f"Net has no blob named '{name}'")
+        target = getattr(self.blobs[name], side)
         array = np.asarray(value, dtype=np.float32)
-        blob = self._net.blob(name)
-        if tuple(array.shape) != tuple(blob.shape):
-            raise CaffeError(f"Input blob '{name}' has shape {tuple(blob.shape)}; the array "
-                             f"given has shape {array.shape} (reshape the blob first)")
-        blob.detach().copy_(torch.from_numpy(array))
+        if array.shape != target.shape:
+            raise CaffeError(f"Blob '{name}' has shape {target.shape}; the array given has "
+                             f"shape {array.shape} (reshape the blob first)")
+        target[...] = array
 
     # -- weights -------------------------------------------------------
     def copy_from(self, filename: str) -> None:
@@ -252,7 +256,7 @@ class Net:
         save_caffemodel(self._net, filename)
 
     def save_hdf5(self, filename: str) -> None:
-        from caffe_ft.hdf5 import save_hdf5_weights
+        from caffe_ft.net.hdf5_weights import save_hdf5_weights
         save_hdf5_weights(self._net, filename)
 
     def share_with(self, other: Net) -> None:

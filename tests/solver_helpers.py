@@ -58,8 +58,8 @@ def feed(solver: Solver, seed: int = 0) -> None:
     data = torch.randn(8, 5, generator=generator)
     label = torch.randint(0, 3, (8,), generator=generator).float()
     for net in (solver.net, *solver.test_nets):
-        net.blob("data").copy_(data)
-        net.blob("label").copy_(label)
+        net.set_blob_data("data", data)
+        net.set_blob_data("label", label)
 
 
 def make_solver(text: str = "", net: str = TINY_NET, folder: Path | None = None,

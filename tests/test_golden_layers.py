@@ -29,10 +29,10 @@ def _run_case(case: str) -> tuple[Net, dict, dict[str, np.ndarray]]:
     net = Net(param, getattr(caffe_pb2, meta["phase"]), source=str(folder / "net.prototxt"))
     weights = read_binary(folder / "weights.caffemodel", caffe_pb2.NetParameter())
     copy_trained_layers(net, weights, str(folder / "weights.caffemodel"))
-    net.retain_blob_diffs = True
+    net.keep_blob_diffs = True
     for key, value in data.items():
         if key.startswith("input/"):
-            net.blob(key[len("input/"):]).copy_(torch.from_numpy(value))
+            net.set_blob_data(key[len("input/"):], torch.from_numpy(value))
     net.forward()
     return net, meta, data
 
@@ -50,7 +50,7 @@ def test_forward(case: str) -> None:
     net, _, data = _run_case(case)
     for key, expected in data.items():
         if key.startswith("blob/"):
-            _check(net.blob(key[5:]), expected, key, FORWARD)
+            _check(net.blob_data(key[5:]), expected, key, FORWARD)
         elif key.startswith("param/"):
             _, layer, index = key.split("/")
             _check(net.params_of(layer)[int(index)], expected, key, FORWARD)

@@ -111,7 +111,7 @@ def scored_loss(solver: Solver) -> float:
     the comparison is free of the training passes' random crops and dropout."""
     solver.test(0)
     net = solver.test_nets[0]
-    return sum(weight * float(net.blob(name).sum()) for name, weight in net.loss_tops)
+    return sum(weight * float(net.blob_data(name).sum()) for name, weight in net.loss_tops)
 
 
 def test_solver_freezes_lr_mult_0_layers_and_the_loss_falls(work: Path, capsys) -> None:

@@ -367,6 +367,6 @@ def test_silence_consumes_blobs_so_they_are_not_outputs() -> None:
         layer { name: "s" type: "Silence" bottom: "a" }
     """, caffe_pb2.NetParameter()), TEST)
     assert net.output_names == ["b"]
-    net.blob("x").copy_(torch.tensor(rand(2, 3)))
+    net.set_blob_data("x", torch.tensor(rand(2, 3)))
     net.forward()
-    np.testing.assert_array_equal(net.blob("b").numpy(), rand(2, 3)[:, 1:])
+    np.testing.assert_array_equal(net.blob_data("b").numpy(), rand(2, 3)[:, 1:])

@@ -28,9 +28,9 @@ def run(text: str, inputs: dict[str, np.ndarray], backward: bool = True) -> Net:
         for name, value in inputs.items())
     net = Net(parse_text("force_backward: true\n" + layers + text, caffe_pb2.NetParameter()),
               caffe_pb2.TRAIN, source="test.prototxt")
-    net.retain_blob_diffs = True
+    net.keep_blob_diffs = True
     for name, value in inputs.items():
-        net.blob(name).copy_(torch.from_numpy(value))
+        net.set_blob_data(name, torch.from_numpy(value))
     net.forward()
     if backward:
         net.backward()
@@ -38,7 +38,7 @@ def run(text: str, inputs: dict[str, np.ndarray], backward: bool = True) -> Net:
 
 
 def value(net: Net, name: str) -> np.ndarray:
-    return net.blob(name).detach().numpy()
+    return net.blob_data(name).detach().numpy()
 
 
 def diff(net: Net, name: str) -> np.ndarray:

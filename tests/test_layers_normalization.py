@@ -87,7 +87,7 @@ def test_batchnorm_param_specs_are_forced_to_lr_mult_zero() -> None:
                          caffe_pb2.NetParameter()), TRAIN)
     assert [p.lr_mult for p in net.learnable_params] == [0, 0, 0]
     assert [p.decay_mult for p in net.learnable_params] == [3, 1, 1]
-    net.blob("x").copy_(torch.tensor(rand(4, 2)))
+    net.set_blob_data("x", torch.tensor(rand(4, 2)))
     net.forward()
     net.backward({"y": torch.ones(4, 2)})
     assert all(p.grad is None for p in net.params_of("bn"))  # Caffe computes no stat diffs

@@ -23,13 +23,13 @@ def _layer_module_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def build(text: str, phase: int = caffe_pb2.TRAIN) -> Net:
     net = Net(parse_text(text, caffe_pb2.NetParameter()), phase, source="test.prototxt")
-    net.retain_blob_diffs = True
+    net.keep_blob_diffs = True
     return net
 
 
 def set_inputs(net: Net, **inputs: np.ndarray) -> None:
     for name, value in inputs.items():
-        net.blob(name).detach().copy_(torch.from_numpy(value))
+        net.set_blob_data(name, torch.from_numpy(value))
 
 
 SCALE = f'''force_backward: true
@@ -44,7 +44,7 @@ def test_forward_and_backward_through_the_net() -> None:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     set_inputs(net, x=x)
     net.forward()
-    np.testing.assert_allclose(net.blob("y").detach().numpy(), 2.5 * x)
+    np.testing.assert_allclose(net.blob_data("y").detach().numpy(), 2.5 * x)
     seed = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     net.backward({"y": torch.from_numpy(seed)})
     np.testing.assert_allclose(net.blob_diff("x").numpy(), 2.5 * seed)
@@ -61,7 +61,7 @@ def test_param_str_phase_and_reshape_before_every_forward() -> None:
     net.reshape_input("x", (4, 1))
     set_inputs(net, x=np.ones((4, 1), np.float32))
     net.forward()
-    assert tuple(net.blob("y").shape) == (4, 1)
+    assert tuple(net.blob_data("y").shape) == (4, 1)
 
 
 PAIR = '''force_backward: true
@@ -97,7 +97,7 @@ def test_python_layer_has_no_default_loss_weight() -> None:
     set_inputs(net, a=np.ones((3, 4), np.float32), b=np.zeros((3, 4), np.float32))
     assert net.loss_tops == []
     assert net.forward().item() == 0
-    assert net.blob("py_loss").item() > 0
+    assert net.blob_data("py_loss").item() > 0
 
 
 def test_blobs_added_in_setup_are_learnable_parameters() -> None:
@@ -112,7 +112,7 @@ def test_blobs_added_in_setup_are_learnable_parameters() -> None:
         param.copy_(torch.tensor([10.0, 20.0, 30.0]))  # e.g. weights loaded from a caffemodel
     set_inputs(net, x=np.ones((2, 3), np.float32))
     net.forward()
-    np.testing.assert_allclose(net.blob("y").detach().numpy(), [[11, 21, 31]] * 2)
+    np.testing.assert_allclose(net.blob_data("y").detach().numpy(), [[11, 21, 31]] * 2)
     seed = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
     net.backward({"y": torch.from_numpy(seed)})
     np.testing.assert_allclose(param.grad.numpy(), seed.sum(axis=0))
@@ -125,7 +125,7 @@ def test_data_layer_without_bottoms_keeps_its_top_shape() -> None:
     assert net.blob_shapes["count"] == (2, 1)
     net.forward()
     net.forward()
-    np.testing.assert_array_equal(net.blob("count").numpy(), [[2], [2]])
+    np.testing.assert_array_equal(net.blob_data("count").numpy(), [[2], [2]])
 
 
 def test_import_errors_name_the_layer_and_module() -> None:

@@ -25,13 +25,13 @@ def build(text: str, shapes: dict[str, tuple[int, ...]], force_backward: bool = 
     head = "force_backward: true\n" if force_backward else ""
     net = Net(parse_text(head + layers + text, caffe_pb2.NetParameter()), caffe_pb2.TRAIN,
               source="test.prototxt")
-    net.retain_blob_diffs = True
+    net.keep_blob_diffs = True
     return net
 
 
 def forward(net: Net, inputs: dict[str, np.ndarray]) -> Net:
     for name, value in inputs.items():
-        net.blob(name).detach().copy_(torch.from_numpy(value))
+        net.set_blob_data(name, torch.from_numpy(value))
     net.forward()
     return net
 
@@ -82,8 +82,8 @@ def test_lstm_unit_layer_matches_caffe_including_fractional_cont() -> None:
     net.backward({"c": torch.from_numpy(dc), "h": torch.from_numpy(dh)})
     inputs = (v[0].astype(np.float64) for v in (c_prev, gates, cont))
     c, h, dc_prev, dx = lstm_unit_reference(*inputs, dc[0], dh[0])
-    np.testing.assert_allclose(net.blob("c").detach().numpy()[0], c, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(net.blob("h").detach().numpy()[0], h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.blob_data("c").detach().numpy()[0], c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(net.blob_data("h").detach().numpy()[0], h, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(net.blob_diff("c_prev").numpy()[0], dc_prev, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(net.blob_diff("gates").numpy()[0], dx, rtol=1e-5, atol=1e-6)
     assert net.blob_diff("cont") is None
@@ -118,7 +118,7 @@ def test_cont_zero_starts_a_new_sequence(kind: str) -> None:
     tail = build(recurrent(kind), {"x": (2, 2, 4), "cont": (2, 2)})
     copy_params(full, tail)
     forward(tail, {"x": x[3:], "cont": np.array([[0, 0], [1, 1]], np.float32)})
-    y_full, y_tail = full.blob("y").detach().numpy(), tail.blob("y").detach().numpy()
+    y_full, y_tail = full.blob_data("y").detach().numpy(), tail.blob_data("y").detach().numpy()
     np.testing.assert_allclose(y_full[3:, 1], y_tail[:, 1], rtol=1e-5, atol=1e-6)
     # Stream 0 continued, so its outputs depend on the earlier steps.
     assert not np.allclose(y_full[3:, 0], y_tail[:, 0], atol=1e-4)
@@ -134,10 +134,10 @@ def test_hidden_state_carries_over_between_forwards(kind: str) -> None:
                     {"x": x, "cont": cont})
     halves = build(recurrent(kind), {"x": (2, 2, 3), "cont": (2, 2)})
     copy_params(whole, halves)
-    first = forward(halves, {"x": x[:2], "cont": cont[:2]}).blob("y").detach().clone()
-    second = forward(halves, {"x": x[2:], "cont": cont[2:]}).blob("y").detach()
+    first = forward(halves, {"x": x[:2], "cont": cont[:2]}).blob_data("y").detach().clone()
+    second = forward(halves, {"x": x[2:], "cont": cont[2:]}).blob_data("y").detach()
     np.testing.assert_allclose(torch.cat([first, second]).numpy(),
-                               whole.blob("y").detach().numpy(), rtol=1e-5, atol=1e-6)
+                               whole.blob_data("y").detach().numpy(), rtol=1e-5, atol=1e-6)
     # The carried state takes no gradient: backward of the second batch works alone.
     halves.backward({"y": torch.ones(2, 2, HIDDEN)})
     assert halves.blob_diff("x") is not None
@@ -157,12 +157,12 @@ def test_lstm_expose_hidden_threads_state_through_blobs() -> None:
     copy_params(whole, exposed)
     zeros = np.zeros((1, 2, HIDDEN), np.float32)
     forward(exposed, {"x": x[:2], "cont": cont[:2], "h0": zeros, "c0": zeros})
-    first = exposed.blob("y").detach().clone()
-    h_t, c_t = (exposed.blob(n).detach().clone().numpy() for n in ("hT", "cT"))
+    first = exposed.blob_data("y").detach().clone()
+    h_t, c_t = (exposed.blob_data(n).detach().clone().numpy() for n in ("hT", "cT"))
     np.testing.assert_allclose(h_t[0], first[-1].numpy())
     forward(exposed, {"x": x[2:], "cont": cont[2:], "h0": h_t, "c0": c_t})
-    np.testing.assert_allclose(torch.cat([first, exposed.blob("y").detach()]).numpy(),
-                               whole.blob("y").detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(torch.cat([first, exposed.blob_data("y").detach()]).numpy(),
+                               whole.blob_data("y").detach().numpy(), rtol=1e-5, atol=1e-6)
     exposed.backward({"y": torch.ones(2, 2, HIDDEN)})
     # Caffe shares only the data of exposed state blobs: no gradient reaches h0/c0.
     assert exposed.blob_diff("h0") is None and exposed.blob_diff("c0") is None
@@ -192,7 +192,7 @@ def test_rnn_static_input_blob_layout_and_values() -> None:
         [(HIDDEN, 4), (HIDDEN,), (HIDDEN, 6), (HIDDEN, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN,)]
     forward(net, {"x": x, "cont": cont, "s": static})
     blobs = [p.detach().double().numpy() for p in net.params_of("rec")]
-    np.testing.assert_allclose(net.blob("y").detach().numpy(),
+    np.testing.assert_allclose(net.blob_data("y").detach().numpy(),
                                rnn_reference(x, cont, static.reshape(2, -1), blobs),
                                rtol=1e-5, atol=1e-6)
     net.backward({"y": torch.ones(3, 2, HIDDEN)})
@@ -215,7 +215,7 @@ def test_recurrent_shape_checks() -> None:
     net = build(recurrent("LSTM"), {"x": (3, 2, 4), "cont": (3, 2)})
     net.reshape_input("x", (4, 2, 4))
     with pytest.raises(CaffeError, match="input number of timesteps changed"):
-        net.reshape_all()
+        net.reshape()
 
 
 def test_batch_size_may_change_between_forwards() -> None:

@@ -211,10 +211,10 @@ def test_googlenet_pooling_shapes() -> None:
     sizes = [net.blob_shapes[f"p{i}"][2:] for i in range(6)]
     assert sizes == [(112, 112), (56, 56), (28, 28), (14, 14), (7, 7), (1, 1)]
     assert net.blob_shapes["aux"] == (1, 2, 4, 4)
-    net.blob("p0").copy_(torch.tensor(rand(1, 2, 112, 112)))
+    net.set_blob_data("p0", torch.tensor(rand(1, 2, 112, 112)))
     net.forward()
-    np.testing.assert_allclose(net.blob("p5").numpy(),
-                               net.blob("p4").numpy().mean(axis=(2, 3), keepdims=True), **FORWARD)
+    np.testing.assert_allclose(net.blob_data("p5").numpy(),
+                               net.blob_data("p4").numpy().mean(axis=(2, 3), keepdims=True), **FORWARD)
 
 
 def test_global_pooling_follows_the_input_size() -> None:

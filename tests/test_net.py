@@ -95,8 +95,8 @@ def test_frozen_layers_get_no_gradient_and_no_backward() -> None:
     conv = net.layers[net.layer_index("conv1")]
     assert not any(p.requires_grad for p in conv.blobs)
     assert not net.layer_need_backward[net.layer_index("conv1")]
-    net.blob("data").copy_(torch.randn(4, 3, 8, 8))
-    net.blob("label").copy_(torch.tensor([0.0, 1, 2, 1]))
+    net.set_blob_data("data", torch.randn(4, 3, 8, 8))
+    net.set_blob_data("label", torch.tensor([0.0, 1, 2, 1]))
     loss = net.forward()
     loss.backward()
     assert conv.blobs[0].grad is None
@@ -184,7 +184,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:
 
 def test_hdf5_round_trip(tmp_path) -> None:
     pytest.importorskip("h5py")
-    from caffe_ft.hdf5 import save_hdf5_weights
+    from caffe_ft.net.hdf5_weights import save_hdf5_weights
     net = net_of(SMALL)
     path = tmp_path / "m.caffemodel.h5"
     save_hdf5_weights(net, path)
@@ -219,10 +219,10 @@ def test_opencv_dnn_runs_our_caffemodel(tmp_path) -> None:
     cv2 = pytest.importorskip("cv2")
     net = net_of(DEPLOY, TEST)
     image = torch.rand(1, 3, 12, 12)
-    net.blob("data").copy_(image)
+    net.set_blob_data("data", image)
     with torch.no_grad():
         net.forward()
-    ours = net.blob("prob").numpy().copy()
+    ours = net.blob_data("prob").numpy().copy()
     (tmp_path / "deploy.prototxt").write_text(DEPLOY)
     save_caffemodel(net, tmp_path / "m.caffemodel")
     cv_net = cv2.dnn.readNetFromCaffe(str(tmp_path / "deploy.prototxt"), str(tmp_path / "m.caffemodel"))

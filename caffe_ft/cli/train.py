@@ -22,6 +22,7 @@ from caffe_ft.proto import caffe_pb2
 from caffe_ft.solver import SignalHandler, Solver, SolverAction
 from caffe_ft.solver.launch import spawn_ranks
 from caffe_ft.solver.parallel import DataParallel, join_process_group, launched_world_size
+from caffe_ft.solver.scores import Scores, loss_suffix
 from caffe_ft.solver.signals import action_from_flag
 from caffe_ft.upgrade import read_net_text, read_solver_text
 

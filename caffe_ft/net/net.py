@@ -1,46 +1,57 @@
 """The net: a filtered, split-inserted NetParameter built into torch modules.
 
-Mirrors Caffe's Net::Init — layer by layer it wires bottoms to tops
-(in-place when a top repeats the bottom at its index), sets up parameter
-blobs, infers and logs top shapes, resolves loss weights, shares params by
-name and decides which params get gradients — and Net::Forward/Backward on
-top of autograd. Layers are looked up in the registry by type name; this
-module knows no layer.
+Construction follows Caffe's Net::Init step by step: create each layer,
+append its bottoms and tops (in place when a top repeats the bottom at its
+index), set it up and log its top shapes, set loss weights, append its
+params (caffe_ft.net.params), decide whether it needs backward, then the
+reverse pass that prunes backward work. Layers are looked up in the
+registry by type name; this module knows no layer.
+
+Running: Net::ForwardFromTo and Net::BackwardFromTo on top of autograd, and
+the public blob store (data and diff of every blob and param, in torch and,
+through caffe_ft.net.store, as host arrays) that pycaffe, the solver and the
+tools use. Two backward modes:
+
+- whole-graph (the solver's): one autograd pass from the losses into the
+  params; blob diffs are not kept;
+- layer by layer (`keep_blob_diffs`, pycaffe's and `time`'s): forward cuts
+  the graph at every layer, and backward runs the layers in reverse one at a
+  time, as Caffe does, so every blob keeps its diff, a layer range can run
+  alone and each layer's backward can be timed.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from typing import ContextManager
 
+import numpy as np
 import torch
 from torch import nn
 
+from caffe_ft import parity
 from caffe_ft.blobs import shape_string
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.base import Layer, Shape
-from caffe_ft.layers.registry import check_supported, layer_class
+from caffe_ft.layers.families import check_supported, layer_class
 from caffe_ft.log import logger
 from caffe_ft.net.filter import filter_net
+from caffe_ft.net.params import LearnableParam, ParamTable
 from caffe_ft.net.splits import insert_splits
-from caffe_ft import parity
+from caffe_ft.net.store import Mirror, Mirrors
 from caffe_ft.proto import caffe_pb2
 
 AUTO_TOP = "(automatic)"
 
+# Called around each layer's forward or backward ("forward"/"backward"), e.g. to time it.
+LayerHook = Callable[[int, str], ContextManager[None]]
 
-@dataclass
-class LearnableParam:
-    """A parameter blob the solver updates (owners only; sharers point here)."""
-    layer: str
-    index: int
-    blob: nn.Parameter
-    lr_mult: float
-    decay_mult: float
+__all__ = ["AUTO_TOP", "LayerHook", "LearnableParam", "Net"]
 
-    @property
-    def display_name(self) -> str:
-        return f"{self.layer}/{self.index}"
+
+def _no_hook(index: int, direction: str) -> ContextManager[None]:
+    return contextlib.nullcontext()
 
 
 class Net(nn.Module):
@@ -73,90 +84,120 @@ class Net(nn.Module):
         self.loss_tops: list[tuple[str, float]] = []
         self.blob_shapes: dict[str, Shape] = {}
         self.blob_producer: dict[str, tuple[int, int]] = {}  # first (layer, top) to write it
-        self.learnable_params: list[LearnableParam] = []
         self.layer_need_backward: list[bool] = []
-        # id(owner blob) → whether its lr_mult / decay_mult were set explicitly.
-        self._explicit_mults: dict[int, tuple[bool, bool]] = {}
-        self._build(planned)
+        self._params = ParamTable(self.force_backward)
+        self._init_layers(planned)
+        self.layer_params = planned
+        self._prune_backward()
         self.output_names = sorted(self._available)
         for name in self.output_names:
             logger.info("This network produces output %s", name)
         logger.info("Network initialization done.")
-        self.retain_blob_diffs = False
+        self.keep_blob_diffs = False
         self._values: dict[str, torch.Tensor] = {}
-        self._diff_source: dict[str, torch.Tensor] = {}
-        self._seeds: dict[str, torch.Tensor] = {}  # diffs given to the last backward
+        self._diffs: dict[str, torch.Tensor] = {}
+        # Layer by layer: each layer's detached bottoms and its tops, for its own backward.
+        self._layer_io: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self.mirrors = Mirrors()
 
-    # -- construction --------------------------------------------------
-    def _build(self, planned: caffe_pb2.NetParameter) -> None:
+    @property
+    def learnable_params(self) -> list[LearnableParam]:
+        return self._params.learnable
+
+    # -- Net::Init ------------------------------------------------------
+    def _init_layers(self, planned: caffe_pb2.NetParameter) -> None:
         self._available: set[str] = set()
-        blob_needs_backward: dict[str, bool] = {}
-        param_owner: dict[str, tuple[int, int]] = {}
-        memory = 0
+        self._blob_needs_backward: dict[str, bool] = {}
+        self._memory = 0
         for i, lp in enumerate(planned.layer):
             if not lp.HasField("phase"):
                 lp.phase = self.phase
             logger.info("Creating Layer %s", lp.name)
             layer = layer_class(lp.type)(lp, lp.phase)
-            bottoms = list(lp.bottom)
-            for j, name in enumerate(bottoms):
-                if name not in self.blob_shapes:
-                    raise CaffeError(f"{self.source}: Unknown bottom blob '{name}' "
-                                     f"(layer '{lp.name}', bottom index {j})")
-                self._available.discard(name)
-                logger.info("%s <- %s", lp.name, name)
-            tops = list(lp.top)
-            for j, name in enumerate(tops):
-                in_place = j < len(bottoms) and bottoms[j] == name
-                if name in self.blob_shapes and not in_place:
-                    raise CaffeError(f"{self.source}: Top blob '{name}' produced by multiple "
-                                     f"sources (layer '{lp.name}')")
-                logger.info("%s -> %s", lp.name, name)
-            while len(tops) < layer.num_tops:
-                tops.append(f"{AUTO_TOP}{lp.name}#{len(tops)}")
-            bottom_shapes = [self.blob_shapes[name] for name in bottoms]
+            bottoms = self._append_bottoms(lp)
+            tops = self._append_tops(layer, lp, bottoms)
             logger.info("Setting up %s", lp.name)
-            layer.setup(bottom_shapes)
-            top_shapes = layer.reshape(bottom_shapes)
-            if len(top_shapes) < len(tops):
-                raise layer.error(f"produced {len(top_shapes)} top shape(s) for {len(tops)} tops")
-            weights = self._loss_weights(layer, lp, len(tops))
-            for j, (name, shape, weight) in enumerate(zip(tops, top_shapes, weights)):
-                self.blob_producer.setdefault(name, (i, j))
-                self.blob_shapes[name] = tuple(shape)
-                logger.info("Top shape: %s", shape_string(shape))
-                if weight:
-                    logger.info("    with loss weight %g", weight)
-                    self.loss_tops.append((name, weight))
-                memory += math.prod(shape)
-                if not name.startswith(AUTO_TOP):
-                    self._available.add(name)
-            logger.info("Memory required for data: %d", memory * 4)
-            param_need = self._setup_params(i, layer, lp, param_owner)
-
-            propagate = list(lp.propagate_down)
-            if propagate and len(propagate) != len(bottoms):
-                raise layer.error(f"propagate_down has {len(propagate)} entries; it needs 0 or "
-                                  f"one per bottom ({len(bottoms)})")
-            detach = []
-            for j, name in enumerate(bottoms):
-                wants = blob_needs_backward.get(name, False) or (
-                    self.force_backward and layer.allow_force_backward(j))
-                if propagate:
-                    wants = propagate[j]
-                detach.append(not wants)
-            # force_backward makes layers run backward and lets allowed bottoms
-            # get diffs, but (as in Caffe) does not by itself mark their tops.
-            need = any(not d for d in detach) or param_need
-            for name in tops:
-                blob_needs_backward[name] = need or blob_needs_backward.get(name, False)
-            self.layer_need_backward.append(need)
+            self._set_up(i, layer, lp, bottoms, tops)
+            learned = self._params.append(layer)
+            self._decide_backward(layer, lp, bottoms, tops, learned)
             self.layers.append(layer)
             self.bottom_names.append(bottoms)
             self.top_names.append(tops)
-            self.bottom_detach.append(detach)
-        self.layer_params = planned
-        self._prune_backward()
+
+    def _append_bottoms(self, lp: caffe_pb2.LayerParameter) -> list[str]:
+        bottoms = list(lp.bottom)
+        for j, name in enumerate(bottoms):
+            if name not in self.blob_shapes:
+                raise CaffeError(f"{self.source}: Unknown bottom blob '{name}' "
+                                 f"(layer '{lp.name}', bottom index {j})")
+            self._available.discard(name)
+            logger.info("%s <- %s", lp.name, name)
+        return bottoms
+
+    def _append_tops(self, layer: Layer, lp: caffe_pb2.LayerParameter,
+                     bottoms: list[str]) -> list[str]:
+        tops = list(lp.top)
+        for j, name in enumerate(tops):
+            in_place = j < len(bottoms) and bottoms[j] == name
+            if name in self.blob_shapes and not in_place:
+                raise CaffeError(f"{self.source}: Top blob '{name}' produced by multiple "
+                                 f"sources (layer '{lp.name}')")
+            logger.info("%s -> %s", lp.name, name)
+        while len(tops) < layer.num_tops:
+            tops.append(f"{AUTO_TOP}{lp.name}#{len(tops)}")
+        return tops
+
+    def _set_up(self, index: int, layer: Layer, lp: caffe_pb2.LayerParameter,
+                bottoms: list[str], tops: list[str]) -> None:
+        """Layer::SetUp: params from the bottom shapes, top shapes, loss weights."""
+        bottom_shapes = [self.blob_shapes[name] for name in bottoms]
+        layer.setup(bottom_shapes)
+        top_shapes = layer.reshape(bottom_shapes)
+        if len(top_shapes) < len(tops):
+            raise layer.error(f"produced {len(top_shapes)} top shape(s) for {len(tops)} tops")
+        weights = self._loss_weights(layer, lp, len(tops))
+        for j, (name, shape, weight) in enumerate(zip(tops, top_shapes, weights)):
+            self.blob_producer.setdefault(name, (index, j))
+            self.blob_shapes[name] = tuple(shape)
+            logger.info("Top shape: %s", shape_string(shape))
+            if weight:
+                logger.info("    with loss weight %g", weight)
+                self.loss_tops.append((name, weight))
+            self._memory += math.prod(shape)
+            if not name.startswith(AUTO_TOP):
+                self._available.add(name)
+        logger.info("Memory required for data: %d", self._memory * 4)
+
+    def _loss_weights(self, layer: Layer, lp: caffe_pb2.LayerParameter, num_tops: int) -> list[float]:
+        if not lp.loss_weight and layer.is_loss:
+            lp.loss_weight.append(1.0)  # Caffe's LossLayer default, kept in the saved net
+        weights = list(lp.loss_weight)
+        if weights and len(weights) != num_tops:
+            raise layer.error("loss_weight must be unspecified or specified once per top blob.")
+        return weights or [0.0] * num_tops
+
+    def _decide_backward(self, layer: Layer, lp: caffe_pb2.LayerParameter, bottoms: list[str],
+                         tops: list[str], learned: bool) -> None:
+        """Which bottoms get diffs (propagate_down, force_backward) and whether
+        the layer needs backward at all, before the reverse pass prunes."""
+        propagate = list(lp.propagate_down)
+        if propagate and len(propagate) != len(bottoms):
+            raise layer.error(f"propagate_down has {len(propagate)} entries; it needs 0 or "
+                              f"one per bottom ({len(bottoms)})")
+        detach = []
+        for j, name in enumerate(bottoms):
+            wants = self._blob_needs_backward.get(name, False) or (
+                self.force_backward and layer.allow_force_backward(j))
+            if propagate:
+                wants = propagate[j]
+            detach.append(not wants)
+        # force_backward makes layers run backward and lets allowed bottoms
+        # get diffs, but (as in Caffe) does not by itself mark their tops.
+        need = any(not d for d in detach) or learned
+        for name in tops:
+            self._blob_needs_backward[name] = need or self._blob_needs_backward.get(name, False)
+        self.layer_need_backward.append(need)
+        self.bottom_detach.append(detach)
 
     def _prune_backward(self) -> None:
         """Caffe's reverse pass: a layer that does not contribute to any loss,
@@ -188,69 +229,7 @@ class Net(nn.Module):
             logger.info("%s %s backward computation.", layer.name,
                         "needs" if self.layer_need_backward[i] else "does not need")
 
-    def _loss_weights(self, layer: Layer, lp: caffe_pb2.LayerParameter, num_tops: int) -> list[float]:
-        if not lp.loss_weight and layer.is_loss:
-            lp.loss_weight.append(1.0)  # Caffe's LossLayer default, kept in the saved net
-        weights = list(lp.loss_weight)
-        if weights and len(weights) != num_tops:
-            raise layer.error("loss_weight must be unspecified or specified once per top blob.")
-        return weights or [0.0] * num_tops
-
-    def _setup_params(self, index: int, layer: Layer, lp: caffe_pb2.LayerParameter,
-                      owners: dict[str, tuple[int, int]]) -> bool:
-        """Set up sharing and gradients of the layer's blobs; return whether
-        any of them is learned (lr_mult != 0), which makes the layer need backward."""
-        learned = False
-        for p, blob in enumerate(layer.blobs):
-            spec = lp.param[p] if p < len(lp.param) else caffe_pb2.ParamSpec()
-            learned = learned or (spec.lr_mult != 0 and blob.requires_grad)
-            propagate = spec.lr_mult != 0 or self.force_backward
-            if spec.name and spec.name in owners:
-                self._share_param(layer, lp, p, spec, owners[spec.name], propagate)
-                continue
-            if spec.name:
-                owners[spec.name] = (index, p)
-            blob.requires_grad_(propagate)
-            self.learnable_params.append(LearnableParam(
-                lp.name, p, blob, spec.lr_mult, spec.decay_mult))
-            self._explicit_mults[id(blob)] = (spec.HasField("lr_mult"), spec.HasField("decay_mult"))
-        return learned
-
-    def _share_param(self, layer: Layer, lp: caffe_pb2.LayerParameter, p: int,
-                     spec: caffe_pb2.ParamSpec, owner_at: tuple[int, int], propagate: bool) -> None:
-        owner_layer = self.layers[owner_at[0]]
-        owner = owner_layer.blobs[owner_at[1]]
-        mine = tuple(layer.blobs[p].shape)
-        if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
-            ok = owner.numel() == math.prod(mine)
-        else:
-            ok = tuple(owner.shape) == mine
-        if not ok:
-            raise CaffeError(
-                f"Cannot share param '{spec.name}' owned by layer '{owner_layer.name}' with "
-                f"layer '{lp.name}'; {'count' if spec.share_mode else 'shape'} mismatch.  "
-                f"Owner layer param shape is {shape_string(owner.shape)}; sharing layer "
-                f"expects shape {shape_string(mine)}")
-        layer.blobs[p] = owner
-        if tuple(owner.shape) != mine:
-            layer.blob_views[p] = mine
-        if propagate:
-            owner.requires_grad_(True)
-        learnable = next(lp_ for lp_ in self.learnable_params if lp_.blob is owner)
-        has_lr, has_decay = self._explicit_mults[id(owner)]
-        # The owner's explicit lr_mult/decay_mult wins; else the first sharer that sets one.
-        for field, has in (("lr_mult", has_lr), ("decay_mult", has_decay)):
-            if not spec.HasField(field):
-                continue
-            value = getattr(spec, field)
-            if has and getattr(learnable, field) != value:
-                raise CaffeError(f"Shared param '{spec.name}' has mismatched {field}.")
-            if not has:
-                setattr(learnable, field, value)
-        self._explicit_mults[id(owner)] = (has_lr or spec.HasField("lr_mult"),
-                                            has_decay or spec.HasField("decay_mult"))
-
-    # -- running -------------------------------------------------------
+    # -- layers ---------------------------------------------------------
     @property
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
@@ -261,66 +240,8 @@ class Net(nn.Module):
                 return i
         raise CaffeError(f"Net '{self.name}' has no layer named '{name}'")
 
-    def forward(self, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Run layers start..end (inclusive) and return the weighted loss of
-        the loss tops they produced (Caffe's ForwardFromTo)."""
-        end = len(self.layers) - 1 if end is None else end
-        values = self._values
-        loss = torch.zeros((), device=self._device())
-        weights = dict(self.loss_tops)
-        for i in range(start, end + 1):
-            layer = self.layers[i]
-            bottoms = []
-            for name, detach in zip(self.bottom_names[i], self.bottom_detach[i]):
-                value = values[name]
-                bottoms.append(value.detach() if detach and value.requires_grad else value)
-            tops = layer(*bottoms)
-            for j, (name, top) in enumerate(zip(self.top_names[i], tops)):
-                if self.top_detach[i]:
-                    top = top.detach()
-                elif (not self.bottom_names[i] and self.force_backward and
-                      top.is_floating_point() and not top.requires_grad):
-                    top = top.detach().requires_grad_()  # inputs get diffs under force_backward
-                in_place = j < len(self.bottom_names[i]) and self.bottom_names[i][j] == name
-                if self.retain_blob_diffs:
-                    if not in_place:
-                        self._diff_source[name] = top
-                    if top.requires_grad and top.grad_fn is not None:
-                        top.retain_grad()
-                values[name] = top
-                weight = weights.get(name)
-                if weight:
-                    loss = loss + weight * top.sum()
-        return loss
-
-    def _device(self) -> torch.device:
-        for blob in self.parameters():
-            return blob.device
-        for buf in self.buffers():
-            return buf.device
-        return torch.device("cpu")
-
-    def blob(self, name: str) -> torch.Tensor:
-        """The current value of a blob (zeros of its inferred shape before any forward)."""
-        value = self._values.get(name)
-        if value is None:
-            if name not in self.blob_shapes:
-                raise CaffeError(f"Net '{self.name}' has no blob named '{name}'")
-            layer, top = self.blob_producer[name]
-            value = self.layers[layer].persistent_top(top)
-            if value is None:
-                value = torch.zeros(self.blob_shapes[name], device=self._device())
-            self._values[name] = value
-        return value
-
-    def reshape_input(self, name: str, shape: Shape) -> None:
-        """Give a source layer's top (an Input blob) a new shape, zero-filled."""
-        if name not in self.blob_producer:
-            raise CaffeError(f"Net '{self.name}' has no blob named '{name}'")
-        layer, top = self.blob_producer[name]
-        self.layers[layer].reshape_persistent_top(top, shape)
-        self._values.pop(name, None)
-        self.blob_shapes[name] = shape
+    def params_of(self, layer_name: str) -> Sequence[nn.Parameter]:
+        return list(self.layers[self.layer_index(layer_name)].blobs)
 
     def share_trained_layers_with(self, other: Net) -> None:
         """Point this net's params at `other`'s, by layer name (Caffe's
@@ -340,45 +261,120 @@ class Net(nn.Module):
                         f"; target param shape is {shape_string(layer.blobs[j].shape)}")
                 layer.blobs[j] = source.blobs[j]
 
-    def set_blob(self, name: str, value: torch.Tensor) -> None:
-        self._values[name] = value
+    # -- the blob store -------------------------------------------------
+    @property
+    def blob_names(self) -> list[str]:
+        """Every named blob, in Caffe's order (first appearance as a top)."""
+        return list(dict.fromkeys(name for tops in self.top_names for name in tops
+                                  if not name.startswith(AUTO_TOP)))
+
+    def _check_blob(self, name: str) -> None:
+        if name not in self.blob_shapes:
+            raise CaffeError(f"Net '{self.name}' has no blob named '{name}'")
+
+    def _persistent_top(self, name: str) -> torch.Tensor | None:
+        """The tensor a source layer (Input, DummyData) returns for this blob on
+        every forward, if no later layer writes the blob in place."""
+        layer, top = self.blob_producer[name]
+        for i in range(layer + 1, len(self.layers)):
+            if name in self.top_names[i]:
+                return None
+        return self.layers[layer].persistent_top(top)
+
+    def blob_data(self, name: str) -> torch.Tensor:
+        """The blob's current value (zeros of its inferred shape before any forward)."""
+        value = self._values.get(name)
+        if value is None:
+            self._check_blob(name)
+            value = self._persistent_top(name)
+            if value is None:
+                value = torch.zeros(self.blob_shapes[name], device=self.device)
+            self._values[name] = value
+        return value
+
+    def set_blob_data(self, name: str, value: torch.Tensor | np.ndarray) -> None:
+        """Write the blob's values: into the source layer's own tensor for an
+        input blob, else as the value later layers read."""
+        current = self.blob_data(name)
+        value = torch.as_tensor(value)
+        if tuple(value.shape) != tuple(current.shape):
+            raise CaffeError(f"Blob '{name}' has shape {list(current.shape)}; the value given "
+                             f"has shape {list(value.shape)} (reshape the blob first)")
+        persistent = self._persistent_top(name)
+        if persistent is not None:
+            with torch.no_grad():
+                persistent.copy_(value)
+        else:
+            self._values[name] = value.detach().to(current.device, current.dtype)
 
     def blob_diff(self, name: str) -> torch.Tensor | None:
-        """The diff of a blob after backward: for an in-place blob, the diff
-        with respect to its first producer's output, as in Caffe."""
-        source = self._diff_source.get(name, self._values.get(name))
-        grad = None if source is None else source.grad
-        # An output no gradient flows through (a pooling mask, an ArgMax)
-        # keeps the diff seeded on it, as Caffe's blob does.
-        return self._seeds.get(name) if grad is None else grad
+        """The blob's diff after a layer-by-layer backward (None where nothing
+        was computed or given); an in-place blob's is the diff with respect to
+        its first producer's output, as in Caffe."""
+        self._check_blob(name)
+        return self._diffs.get(name)
 
-    def backward(self, top_diffs: dict[str, torch.Tensor] | None = None) -> None:
-        """Backpropagate from every loss top (seeded with its loss weight, as
-        Caffe seeds it) and from the diffs given for output blobs; a diff
-        given for a loss top replaces its loss-weight seed."""
-        given = dict(top_diffs or {})
-        tensors: list[torch.Tensor] = []
-        grads: list[torch.Tensor] = []
-        for name, weight in self.loss_tops:
-            value = self._values.get(name)
-            if name not in given and value is not None and value.requires_grad:
-                tensors.append(value)
-                grads.append(torch.full_like(value, weight))
-        self._seeds = {}
-        for name, diff in given.items():
-            value = self._values[name]
-            seed = torch.as_tensor(diff, dtype=value.dtype, device=value.device).reshape(value.shape)
-            self._seeds[name] = seed
-            if value.requires_grad:
-                tensors.append(value)
-                grads.append(seed)
-        if tensors:
-            torch.autograd.backward(tensors, grads)
+    def set_blob_diff(self, name: str, value: torch.Tensor | np.ndarray) -> None:
+        """Give the blob a diff: for an output, what backward starts from (a
+        loss top's replaces its loss-weight seed)."""
+        shape = self.blob_data(name).shape
+        self._diffs[name] = torch.as_tensor(value, dtype=torch.float32).reshape(shape).to(
+            self.device)
 
-    def output_blobs(self) -> dict[str, torch.Tensor]:
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """The output blobs (used by no layer) that the last forward produced."""
         return {name: self._values[name] for name in self.output_names if name in self._values}
 
-    def reshape_all(self) -> None:
+    def host_blob(self, name: str, diff: bool = False) -> np.ndarray:
+        """The blob's data or diff as a persistent host array (pycaffe's
+        Blob.data / .diff): see caffe_ft.net.store."""
+        self._check_blob(name)
+        if diff:
+            mirror = self.mirrors.get(("diff", name), lambda: Mirror(
+                lambda: self._diffs.get(name), lambda t: self.set_blob_diff(name, t),
+                lambda: tuple(self.blob_data(name).shape), persistent=False))
+        else:
+            mirror = self.mirrors.get(("data", name), lambda: Mirror(
+                lambda: self.blob_data(name), lambda t: self.set_blob_data(name, t),
+                lambda: tuple(self.blob_data(name).shape),
+                persistent=self._persistent_top(name) is not None))
+        return mirror.host()
+
+    def host_param(self, layer_index: int, index: int, diff: bool = False) -> np.ndarray:
+        """A param blob's data or diff (in its layer's shape) as a persistent host array."""
+        layer = self.layers[layer_index]
+
+        def shape() -> Shape:
+            return tuple(layer.blob(index).shape)
+
+        def read() -> torch.Tensor | None:
+            if not diff:
+                return layer.blob(index)
+            grad = layer.blobs[index].grad
+            return None if grad is None else grad.view(shape())
+
+        def write(value: torch.Tensor) -> None:
+            param = layer.blobs[index]
+            value = value.reshape(param.shape)
+            if diff:
+                param.grad = value.to(param.dtype)
+            else:
+                with torch.no_grad():
+                    param.copy_(value)
+
+        key = ("param", layer_index, index, diff)
+        return self.mirrors.get(key, lambda: Mirror(read, write, shape,
+                                                    persistent=not diff)).host()
+
+    def reshape_input(self, name: str, shape: Shape) -> None:
+        """Give a source layer's top (an Input blob) a new shape, zero-filled."""
+        self._check_blob(name)
+        layer, top = self.blob_producer[name]
+        self.layers[layer].reshape_persistent_top(top, shape)
+        self._values.pop(name, None)
+        self.blob_shapes[name] = shape
+
+    def reshape(self) -> None:
         """Re-infer every blob shape from the current input shapes (Caffe's Net::Reshape)."""
         for i, layer in enumerate(self.layers):
             bottom_shapes = [self.blob_shapes[n] for n in self.bottom_names[i]]
@@ -389,5 +385,146 @@ class Net(nn.Module):
                         self.bottom_names[i]:
                     self._values.pop(name)
 
-    def params_of(self, layer_name: str) -> Sequence[nn.Parameter]:
-        return list(self.layers[self.layer_index(layer_name)].blobs)
+    @property
+    def device(self) -> torch.device:
+        for blob in self.parameters():
+            return blob.device
+        for buf in self.buffers():
+            return buf.device
+        return torch.device("cpu")
+
+    # -- passes ---------------------------------------------------------
+    def forward(self, start: int = 0, end: int | None = None,
+                feed: dict[str, torch.Tensor] | None = None,
+                hook: LayerHook = _no_hook) -> torch.Tensor:
+        """Run layers start..end (inclusive) and return the weighted loss of
+        the loss tops they produced (Caffe's ForwardFromTo). `feed` gives
+        blobs values to use as they are (a layer whose tops are all fed does
+        not run), as a traced export feeds its graph inputs."""
+        self.mirrors.push()
+        end = len(self.layers) - 1 if end is None else end
+        values = self._values
+        if feed:
+            values.update(feed)
+        loss = torch.zeros((), device=self.device)
+        weights = dict(self.loss_tops)
+        for i in range(start, end + 1):
+            if feed and all(name in feed for name in self.top_names[i]):
+                continue
+            bottoms = self._bottoms_of(i)
+            with hook(i, "forward"):
+                tops = self.layers[i](*bottoms)
+            tops = [self._top_of(i, top) for top in tops]
+            if self.keep_blob_diffs:
+                self._layer_io[i] = (bottoms, tops)
+            for name, top in zip(self.top_names[i], tops):
+                values[name] = top
+                weight = weights.get(name)
+                if weight:
+                    loss = loss + weight * top.sum()
+        self.mirrors.pull()
+        return loss
+
+    def _bottoms_of(self, index: int) -> list[torch.Tensor]:
+        bottoms = []
+        for name, detach in zip(self.bottom_names[index], self.bottom_detach[index]):
+            value = self._values[name]
+            if self.keep_blob_diffs:
+                # The layer's own leaf, so its backward can run by itself.
+                leaf = value.detach()
+                if value.requires_grad and not detach:
+                    leaf.requires_grad_()
+                value = leaf
+            elif detach and value.requires_grad:
+                value = value.detach()
+            bottoms.append(value)
+        return bottoms
+
+    def _top_of(self, index: int, top: torch.Tensor) -> torch.Tensor:
+        if self.top_detach[index]:
+            return top.detach()
+        if (not self.bottom_names[index] and self.force_backward and
+                top.is_floating_point() and not top.requires_grad):
+            return top.detach().requires_grad_()  # inputs get diffs under force_backward
+        return top
+
+    def backward(self, diffs: dict[str, torch.Tensor | np.ndarray] | None = None,
+                 start: int | None = None, end: int | None = None,
+                 hook: LayerHook = _no_hook) -> None:
+        """Caffe's BackwardFromTo(start, end), start ≥ end (default: the last
+        layer down to the first), after giving blobs the `diffs` (as
+        set_blob_diff). Every loss top is seeded with its diff (by default its
+        loss weight, as Caffe sets it) and every output blob with the diff
+        given to it. Param diffs accumulate until cleared."""
+        self.mirrors.push()
+        for name, diff in (diffs or {}).items():
+            self.set_blob_diff(name, diff)
+        if self.keep_blob_diffs:
+            self._backward_layers(len(self.layers) - 1 if start is None else start,
+                                  0 if end is None else end, hook)
+        elif start is not None or end is not None or hook is not _no_hook:
+            raise CaffeError("A backward over a layer range, or timed per layer, needs the "
+                             "net to keep blob diffs (keep_blob_diffs) from its forward on")
+        else:
+            tensors, grads = self._seeds(self.output_names + [n for n, _ in self.loss_tops])
+            if tensors:
+                torch.autograd.backward(tensors, grads)
+        self.mirrors.pull()
+
+    def _seeds(self, names: Iterable[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The tops backward starts from and their diffs: a loss top's given
+        diff or its loss weight, an output's given diff."""
+        weights = dict(self.loss_tops)
+        tensors, grads = [], []
+        for name in dict.fromkeys(names):
+            value = self._values.get(name)
+            if value is None or not value.requires_grad:
+                continue
+            diff = self._diffs.get(name)
+            if diff is None and weights.get(name):
+                diff = torch.full_like(value, weights[name])
+            if diff is not None:
+                tensors.append(value)
+                grads.append(diff)
+        return tensors, grads
+
+    def _backward_layers(self, start: int, end: int, hook: LayerHook) -> None:
+        weights = dict(self.loss_tops)
+        for i in range(start, end - 1, -1):
+            if not self.layer_need_backward[i] or i not in self._layer_io:
+                continue
+            bottoms, tops = self._layer_io[i]
+            outs, grads = [], []
+            for name, top in zip(self.top_names[i], tops):
+                if not top.requires_grad:
+                    continue
+                diff = self._diffs.get(name)
+                if diff is None:
+                    diff = torch.full_like(top, weights.get(name, 0.0))
+                outs.append(top)
+                grads.append(diff)
+            wanted = [j for j, b in enumerate(bottoms) if b.requires_grad]
+            params = [p for p in self.layers[i].blobs if p.requires_grad]
+            if not outs or not (wanted or params):
+                continue
+            with hook(i, "backward"):
+                computed = torch.autograd.grad(outs, [bottoms[j] for j in wanted] + params,
+                                               grads, retain_graph=True, allow_unused=True)
+            for j, grad in zip(wanted, computed):
+                # A bottom the layer's gradient never reaches keeps its diff, as
+                # a Caffe layer that does not write it leaves it.
+                if grad is not None:
+                    self._diffs[self.bottom_names[i][j]] = grad
+            for param, grad in zip(params, computed[len(wanted):]):
+                if grad is None:
+                    continue
+                if param.grad is None:
+                    param.grad = grad.clone()
+                else:
+                    param.grad.add_(grad)
+
+    def clear_param_diffs(self) -> None:
+        """Caffe's ClearParamDiffs: every learnable param's diff to zero."""
+        for entry in self.learnable_params:
+            entry.blob.grad = None
+        self.mirrors.pull()

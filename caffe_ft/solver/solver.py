@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from caffe_ft.proto import caffe_pb2
 from caffe_ft.solver.lr_policy import check_policy, learning_rate
 from caffe_ft.solver.nets import build_test_nets, build_train_net, resolve_path
 from caffe_ft.solver.progress import TrainingProgress
+from caffe_ft.solver.scores import Scores, loss_suffix, output_values
 from caffe_ft.solver.regularize import (
     check_regularization,
     clip_gradients,
@@ -60,10 +61,6 @@ class SmoothedLoss:
             slot = index % self.average_loss
             self.value += (loss - self.losses[slot]) / f32(self.average_loss)
             self.losses[slot] = loss
-
-
-def _loss_suffix(weight: float, value: np.float32) -> str:
-    return f" (* {weight:g} = {f32(weight) * value:g} loss)" if weight else ""
 
 
 def _no_request() -> SolverAction:
@@ -153,7 +150,7 @@ class Solver:
     def snapshot(self) -> None:
         write_diff = self.param.snapshot_diff
         if self.param.snapshot_format == HDF5:
-            from caffe_ft.hdf5 import save_hdf5_weights
+            from caffe_ft.net.hdf5_weights import save_hdf5_weights
             model = self._snapshot_filename(".caffemodel.h5")
             logger.info("Snapshotting to HDF5 file %s", model)
             save_hdf5_weights(self.net, model, write_diff)
@@ -223,8 +220,7 @@ class Solver:
         timer = time.perf_counter()
         self._iterations_last = self.iter
         while self.iter < stop_iter:
-            for p in self.params:
-                p.blob.grad = None
+            self.net.clear_param_diffs()
             if param.test_interval and self.iter % param.test_interval == 0 and \
                     (self.iter > 0 or param.test_initialization):
                 self.test_all()
@@ -267,15 +263,14 @@ class Solver:
 
     def _log_outputs(self, net: Net, kind: str) -> None:
         weights = dict(net.loss_tops)
-        index = 0
-        for name, value in net.output_blobs().items():
-            for element in value.detach().reshape(-1).cpu().numpy():
-                logger.info("    %s net output #%d: %s = %g%s", kind, index, name, element,
-                            _loss_suffix(weights.get(name, 0.0), element))
-                index += 1
+        for index, (name, value) in enumerate(output_values(net)):
+            logger.info("    %s net output #%d: %s = %g%s", kind, index, name, value,
+                        loss_suffix(weights.get(name, 0.0), value))
 
     def apply_update(self) -> None:
         param = self.param
+        # Host writes to params or their diffs (pycaffe) count from here on.
+        self.net.mirrors.push()
         rate, step = learning_rate(param, self.iter, self.current_step)
         if param.lr_policy == "multistep" and step != self.current_step:
             logger.info("MultiStep Status: Iteration %d, step = %d", self.iter, step)
@@ -300,6 +295,7 @@ class Solver:
                 if param.snapshot_diff:
                     # Caffe's diff holds the update after Update(); snapshots save it.
                     p.blob.grad = update.clone()
+        self.net.mirrors.pull()
         self.iter += 1
 
     # -- testing ----------------------------------------------------------
@@ -315,30 +311,22 @@ class Solver:
         net = self.test_nets[index]
         net.share_trained_layers_with(self.net)
         iterations = param.test_iter[index]
-        scores: np.ndarray | None = None
-        loss = f32(0)
+        scores = Scores(net)
         with torch.no_grad():
             for _ in range(iterations):
                 self._handle_requests_while_testing()
                 if self.requested_early_exit:
                     break
-                iter_loss = net.forward()
-                if param.test_compute_loss:
-                    loss += f32(iter_loss.item())
-                values = _flat_outputs(net)
-                scores = values if scores is None else scores + values
+                loss = net.forward()
+                scores.add(loss if param.test_compute_loss else None)
         if self.requested_early_exit:
             logger.info("Test interrupted.")
             return
         if param.test_compute_loss:
-            loss /= f32(iterations)
-            logger.info("Test loss: %g", loss)
-        weights = dict(net.loss_tops)
-        names = [name for name, value in net.output_blobs().items() for _ in range(value.numel())]
-        for i, (name, score) in enumerate(zip(names, scores if scores is not None else [])):
-            mean = score / f32(iterations)
+            logger.info("Test loss: %g", scores.mean_loss(iterations))
+        for i, (name, mean, weight) in enumerate(scores.means(iterations)):
             logger.info("    Test net output #%d: %s = %g%s", i, name, mean,
-                        _loss_suffix(weights.get(name, 0.0), mean))
+                        loss_suffix(weight, mean))
 
     def _handle_requests_while_testing(self) -> None:
         request = self.action_request()
@@ -349,9 +337,3 @@ class Solver:
                 self.requested_early_exit = True
             request = self.action_request()
 
-
-def _flat_outputs(net: Net) -> np.ndarray:
-    """Every element of every output blob, in output order, as float32."""
-    parts: Sequence[np.ndarray] = [value.detach().reshape(-1).cpu().numpy().astype(np.float32)
-                                   for value in net.output_blobs().values()]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

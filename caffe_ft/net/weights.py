@@ -8,7 +8,9 @@ report logs which layers were copied, freshly initialized or ignored.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ import torch
 from caffe_ft.blobs import array_to_blob_proto, legacy_shape, shape_string
 from caffe_ft.errors import CaffeError
 from caffe_ft.log import logger
+from caffe_ft.net.hdf5_weights import HDF5_SIGNATURE, read_hdf5_layers
 from caffe_ft.net.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import write_binary
@@ -46,55 +49,89 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _shape_matches(blob: caffe_pb2.BlobProto, target: tuple[int, ...]) -> bool:
-    legacy = legacy_shape(blob)
-    if legacy is not None:
-        # Old files store N×K as 1×1×N×K: compare with the target padded by 1s.
-        return len(target) <= 4 and tuple(legacy) == (1,) * (4 - len(target)) + target
-    return tuple(int(d) for d in blob.shape.dim) == target
+@dataclass
+class ProtoBlob:
+    """One BlobProto of a binary caffemodel, V1 legacy dims included."""
+    blob: caffe_pb2.BlobProto
+
+    def matches(self, target: tuple[int, ...]) -> bool:
+        legacy = legacy_shape(self.blob)
+        if legacy is not None:
+            # Old files store N×K as 1×1×N×K: compare with the target padded by 1s.
+            return len(target) <= 4 and tuple(legacy) == (1,) * (4 - len(target)) + target
+        return tuple(int(d) for d in self.blob.shape.dim) == target
+
+    def mismatch(self, path: str, layer: str, index: int, target: tuple[int, ...]) -> str:
+        legacy = legacy_shape(self.blob)
+        source = legacy if legacy is not None else tuple(int(d) for d in self.blob.shape.dim)
+        return (f"Cannot copy param {index} weights from layer '{layer}'; shape mismatch.  "
+                f"Source param shape is {shape_string(source)}; target param shape is "
+                f"{shape_string(target)}. To learn this layer's parameters from scratch "
+                f"rather than copying from a saved net, rename the layer.")
+
+    def array(self) -> np.ndarray:
+        blob = self.blob
+        return np.asarray(blob.double_data if len(blob.double_data) else blob.data,
+                          dtype=np.float32)
 
 
-def _proto_shape_string(blob: caffe_pb2.BlobProto) -> str:
-    legacy = legacy_shape(blob)
-    return shape_string(legacy if legacy is not None else tuple(int(d) for d in blob.shape.dim))
+class SourceBlob(Protocol):
+    """A saved param blob, from either file format."""
+
+    def matches(self, target: tuple[int, ...]) -> bool: ...
+
+    def mismatch(self, path: str, layer: str, index: int, target: tuple[int, ...]) -> str: ...
+
+    def array(self) -> np.ndarray: ...
+
+
+def proto_layers(source: caffe_pb2.NetParameter, path: str, wanted: dict[str, int]
+                 ) -> Iterator[tuple[str, list[ProtoBlob]]]:
+    """(layer name, its blobs) for every layer of a binary caffemodel."""
+    for src in source.layer:
+        count = wanted.get(src.name)
+        if count is not None and len(src.blobs) != count:
+            raise CaffeError(f"{path}: Incompatible number of blobs for layer {src.name} "
+                             f"(file has {len(src.blobs)}, net expects {count})")
+        yield src.name, [ProtoBlob(blob) for blob in src.blobs]
+
+
+def copy_layers(net: Net, layers: Iterable[tuple[str, Sequence[SourceBlob]]],
+                path: str) -> LoadReport:
+    """Caffe's CopyTrainedLayersFrom: copy each saved layer's blobs into the
+    net layer of the same name; layers the net lacks are ignored."""
+    net.mirrors.push()
+    report = LoadReport(path)
+    targets = {layer.name: layer for layer in net.layers}
+    for name, blobs in layers:
+        target = targets.get(name)
+        if target is None:
+            logger.info("Ignoring source layer %s", name)
+            report.ignored.append(name)
+            continue
+        logger.info("Copying source layer %s", name)
+        for j, blob in enumerate(blobs):
+            wanted = tuple(target.blob(j).shape)
+            if not blob.matches(wanted):
+                raise CaffeError(blob.mismatch(path, name, j, wanted))
+            with torch.no_grad():
+                target.blobs[j].copy_(torch.from_numpy(blob.array()).reshape(
+                    target.blobs[j].shape))
+        report.copied.append(name)
+    report.note_fresh(net)
+    net.mirrors.pull()
+    return report
 
 
 def copy_trained_layers(net: Net, source: caffe_pb2.NetParameter, path: str) -> LoadReport:
-    """Copy every source layer's blobs into the net layer of the same name."""
-    report = LoadReport(path)
-    targets = {layer.name: layer for layer in net.layers}
-    for src in source.layer:
-        target = targets.get(src.name)
-        if target is None:
-            logger.info("Ignoring source layer %s", src.name)
-            report.ignored.append(src.name)
-            continue
-        logger.info("Copying source layer %s", src.name)
-        if len(src.blobs) != len(target.blobs):
-            raise CaffeError(f"{path}: Incompatible number of blobs for layer {src.name} "
-                             f"(file has {len(src.blobs)}, net expects {len(target.blobs)})")
-        for j, blob in enumerate(src.blobs):
-            wanted = tuple(target.blob(j).shape)
-            if not _shape_matches(blob, wanted):
-                raise CaffeError(
-                    f"Cannot copy param {j} weights from layer '{src.name}'; shape mismatch.  "
-                    f"Source param shape is {_proto_shape_string(blob)}; target param shape is "
-                    f"{shape_string(wanted)}. To learn this layer's parameters from scratch "
-                    f"rather than copying from a saved net, rename the layer.")
-            values = np.asarray(blob.double_data if len(blob.double_data) else blob.data,
-                                dtype=np.float32)
-            with torch.no_grad():
-                target.blobs[j].copy_(torch.from_numpy(values).reshape(target.blobs[j].shape))
-        report.copied.append(src.name)
-    report.note_fresh(net)
-    return report
+    """Copy every layer of a (parsed) binary caffemodel into the net."""
+    return copy_layers(net, proto_layers(source, path, _blob_counts(net)), path)
 
 
 def copy_trained_layers_from(net: Net, path: str) -> LoadReport:
     """Load a .caffemodel (binary, any proto version; or HDF5) into `net`."""
     if _is_hdf5(path):
-        from caffe_ft.hdf5 import read_hdf5_weights
-        report = read_hdf5_weights(net, path)
+        report = copy_layers(net, read_hdf5_layers(path, _blob_counts(net)), path)
     else:
         from caffe_ft.upgrade import read_net_binary
         report = copy_trained_layers(net, read_net_binary(path), path)
@@ -102,10 +139,14 @@ def copy_trained_layers_from(net: Net, path: str) -> LoadReport:
     return report
 
 
+def _blob_counts(net: Net) -> dict[str, int]:
+    return {layer.name: len(layer.blobs) for layer in net.layers}
+
+
 def _is_hdf5(path: str) -> bool:
     try:
         with open(path, "rb") as handle:
-            return handle.read(8) == b"\x89HDF\r\n\x1a\n"
+            return handle.read(8) == HDF5_SIGNATURE
     except FileNotFoundError:
         raise CaffeError(f"Weights file not found: {path}") from None
 
@@ -113,6 +154,7 @@ def _is_hdf5(path: str) -> bool:
 def net_to_proto(net: Net, write_diff: bool = False) -> caffe_pb2.NetParameter:
     """The net as Caffe's ToProto writes it: every layer (with inserted
     Splits, inherited phase and default loss weights) and its blobs."""
+    net.mirrors.push()
     out = caffe_pb2.NetParameter()
     out.name = net.name
     for lp, layer in zip(net.layer_params.layer, net.layers):

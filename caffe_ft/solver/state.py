@@ -65,7 +65,7 @@ def resolve_learned_net(state_path: str, learned_net: str) -> str:
 
 
 def _write_hdf5(path: str, state: SolverState) -> None:
-    from caffe_ft.hdf5 import h5py_module
+    from caffe_ft.optional import h5py_module
     h5py = h5py_module()
     with atomic_write(path) as handle, h5py.File(handle, "w") as out:
         # Caffe writes ints with H5LTmake_dataset_int: 1-D, one element.
@@ -90,7 +90,7 @@ def _write_c_string(h5py, group, name: str, text: str) -> None:
 
 
 def _read_hdf5(path: str) -> SolverState:
-    from caffe_ft.hdf5 import h5py_module
+    from caffe_ft.optional import h5py_module
     h5py = h5py_module()
     if not os.path.isfile(path):
         raise CaffeError(f"Solver state not found: {path}")

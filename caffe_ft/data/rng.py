@@ -1,17 +1,23 @@
-"""Caffe's data-side random streams: boost::mt19937 and the two ways Caffe
-draws from it (DataTransformer's Rand(n) and caffe::shuffle).
+"""Caffe's data-side random streams: boost::mt19937, the two ways Caffe
+draws from it (DataTransformer's Rand(n) and caffe::shuffle), and the seeds
+data layers take from Caffe's global generator.
 
 numpy's MT19937 bit generator is the same engine; seeding it through its
 state with the reference init_genrand recurrence gives exactly the stream of
-`boost::mt19937(seed)`, so with Caffe's seed the draws would be Caffe's own.
-Caffe derives that seed from its global RNG, which also feeds the fillers and
-cannot be replayed here; `seed_from_torch` takes one from torch's generator
-instead, so `torch.manual_seed` makes the data pipeline repeatable as it makes
-the fillers repeatable.
+`boost::mt19937(seed)`, so with Caffe's seed the draws are Caffe's own.
+
+Caffe's global generator (Caffe::set_random_seed, caffe_rng_rand()) is
+torch's default generator here: it is an mt19937 seeded the same way, so
+`set_random_seed` → `torch.manual_seed` gives the same 32-bit outputs, and a
+data layer's seeds are Caffe's when it takes exactly Caffe's draws in Caffe's
+order. The fillers draw from that generator too, but torch's distributions
+take other counts of outputs than boost's, so a data layer set up after a
+random filler gets other seeds than Caffe's.
 """
 from __future__ import annotations
 
 from collections.abc import MutableSequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -36,10 +42,52 @@ def _init_genrand(seed: int) -> np.ndarray:
     return key
 
 
-def seed_from_torch() -> int:
-    """A 32-bit seed drawn from torch's default generator (Caffe draws its
-    data seeds with caffe_rng_rand() from its global generator)."""
-    return int(torch.randint(0, 2**32, (1,), dtype=torch.int64).item())
+def _global_pair() -> tuple[int, int]:
+    """The next two caffe_rng_rand() draws, in order: a full-range int64
+    random_() is the generator's next two 32-bit outputs, the first in the
+    high word (the only lossless draw torch offers; a single 32-bit output
+    always comes reduced modulo something)."""
+    value = int(torch.empty((), dtype=torch.int64).random_(-2**63, None)) & 0xFFFFFFFFFFFFFFFF
+    return value >> 32, value & 0xFFFFFFFF
+
+
+def _skip_global_draw() -> None:
+    """Consume one caffe_rng_rand() draw whose value nobody uses (a small
+    range takes a single 32-bit output; from 2**31 on, torch takes two)."""
+    torch.randint(0, 2, ())
+
+
+@dataclass(frozen=True)
+class PrefetchSeeds:
+    """The seeds a prefetching data layer keeps from its setup draws."""
+    transformer: int  # DataTransformer's generator; 0 when it has none
+    layer: list[int]  # the layer's own DataLayerSetUp draws, in order
+
+
+def prefetching_layer_seeds(transformer_needs_rng: bool, layer_draws: int) -> PrefetchSeeds:
+    """Take the caffe_rng_rand() draws a BasePrefetchingDataLayer makes while
+    it sets up, in Caffe's order: DataTransformer::InitRand (only when the
+    transformer needs a generator), the layer's `layer_draws` own draws in
+    DataLayerSetUp, InitRand again (the seed the transformer keeps: the
+    first one is replaced), and StartInternalThread's seed for the prefetch
+    thread, which no data path uses. Taking every one of them keeps the
+    seeds of the layers set up after this one Caffe's."""
+    wanted = 2 * int(transformer_needs_rng) + layer_draws
+    values: list[int] = []
+    while len(values) < wanted:
+        values.extend(_global_pair())
+    if len(values) == wanted:
+        _skip_global_draw()  # the thread's draw; else it was the last pair's second half
+    own = values[int(transformer_needs_rng):][:layer_draws]
+    return PrefetchSeeds(values[wanted - 1] if transformer_needs_rng else 0, own)
+
+
+def seed_outside_caffe_rng() -> int:
+    """A seed for a shuffle that Caffe does not draw from its own generator
+    (HDF5Data's std::random_shuffle uses C's rand()): it takes no draw, so the
+    layers set up after it keep Caffe's seeds, and set_random_seed still
+    makes it repeatable."""
+    return torch.initial_seed() & 0xFFFFFFFF
 
 
 class CaffeRNG:

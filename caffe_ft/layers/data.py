@@ -22,7 +22,7 @@ from caffe_ft.data.db_cursor import first_record
 from caffe_ft.data.hdf5_source import HDF5Rows
 from caffe_ft.data.image_list import parse_list_file
 from caffe_ft.data.prefetch import Prefetcher, default_workers, train_shard
-from caffe_ft.data.rng import seed_from_torch
+from caffe_ft.data.rng import prefetching_layer_seeds, seed_outside_caffe_rng
 from caffe_ft.data.sources import BatchSource, DatumSource, ImageListSource, Shard
 from caffe_ft.data.transformer import DataTransformer, load_mean_file
 from caffe_ft.data.windows import WindowFile, WindowSource, read_window_file
@@ -120,7 +120,9 @@ class Data(_PrefetchingLayer):
         pixels = transformer.datum_pixels(parse_datum(value, where), where)
         shard = train_shard() if self.phase == TRAIN else Shard()
         # Each rank draws its own augmentations, as each Caffe solver has its own generator.
-        seed = (seed_from_torch() + shard.rank) & 0xFFFFFFFF if transformer.needs_rng else 0
+        # Taken with or without a transformer generator: Caffe always draws the thread's seed.
+        seed = prefetching_layer_seeds(transformer.needs_rng, 0).transformer
+        seed = (seed + shard.rank) & 0xFFFFFFFF if transformer.needs_rng else 0
         source = DatumSource(param.source, count, param.batch_size, transformer, seed,
                              labels=len(self.param.top) == 2, shard=shard)
         self.start(source, transformer.output_shape(pixels, where))
@@ -149,24 +151,26 @@ class ImageData(_PrefetchingLayer):
                                  f"be 'PATH LABEL'")
         if not entries:
             raise self.error(f"{param.source}: File is empty")
-        seed = seed_from_torch() if transformer.needs_rng else 0
+        seeds = prefetching_layer_seeds(transformer.needs_rng,
+                                        int(param.shuffle) + int(param.rand_skip > 0))
+        own_draws = iter(seeds.layer)  # Caffe's order: the shuffle seed, then the skip
         shuffle_seed = None
         if param.shuffle:
             logger.info("Shuffling data")
-            shuffle_seed = seed_from_torch()
+            shuffle_seed = next(own_draws)
         elif self.phase == TRAIN and train_shard().rank > 0 and not param.rand_skip:
             logger.warning("Shuffling or skipping recommended for multi-GPU")
         logger.info("A total of %d images.", len(entries))
         skip = 0
         if param.rand_skip:
-            skip = seed_from_torch() % param.rand_skip
+            skip = next(own_draws) % param.rand_skip
             logger.info("Skipping first %d data points.", skip)
             if skip >= len(entries):
                 raise self.error(f"Not enough points to skip: rand_skip drew {skip} for "
                                  f"{len(entries)} images")
         source = ImageListSource(param.source, entries, param.root_folder, param.new_height,
                                  param.new_width, param.is_color, param.batch_size,
-                                 transformer, seed, shuffle_seed, skip)
+                                 transformer, seeds.transformer, shuffle_seed, skip)
         # Caffe reads the first image at setup to size the tops.
         pixels, _, where = source.read_item(0)
         self.start(source, transformer.output_shape(pixels, where))
@@ -186,7 +190,7 @@ class HDF5Data(_SourceLayer):
             raise self.error("hdf5_data_param.batch_size must be > 0")
         logger.info("Loading list of HDF5 filenames from: %s", param.source)
         shard = train_shard() if self.phase == TRAIN else Shard()
-        seed = seed_from_torch() if param.shuffle else 0
+        seed = seed_outside_caffe_rng() if param.shuffle else 0
         self.rows = HDF5Rows(_h5py(self), param.source, list(self.param.top), param.batch_size,
                              param.shuffle, seed, shard)
         logger.info("Number of HDF5 files: %d", len(self.rows.files))
@@ -440,9 +444,15 @@ class WindowData(_PrefetchingLayer):
         return np.repeat(values, 3) if values.size == 1 else values
 
     def _seed(self) -> int:
+        """The sampler's seed: Caffe's DataLayerSetUp draws it whenever mirror
+        or crop_size is set (crop_size always is), between the two
+        InitRand draws of the DataTransformer the layer makes but never uses."""
+        transform = self.param.transform_param
+        transformer_rng = transform.mirror or (self.phase == TRAIN and transform.crop_size > 0)
+        seed = prefetching_layer_seeds(transformer_rng, 1).layer[0]
         # Each rank samples its own windows, as each Caffe solver has its own generator.
         shard = train_shard() if self.phase == TRAIN else Shard()
-        return (seed_from_torch() + shard.rank) & 0xFFFFFFFF
+        return (seed + shard.rank) & 0xFFFFFFFF
 
     def _cache(self, windows: WindowFile) -> dict[int, bytes]:
         """cache_images: every image file's bytes, read once at setup."""

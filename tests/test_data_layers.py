@@ -4,10 +4,12 @@ worker prefetch against in-process reading, ImageData's list rules, and the
 HDF5, Memory, Dummy and Window layers."""
 from __future__ import annotations
 
+import json
 import pickle
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -18,11 +20,13 @@ import caffe_ft.layers.data as data_layers
 from caffe_ft.data.db_cursor import shared_env
 from caffe_ft.data.lmdb_io import LMDBWriter
 from caffe_ft.data.prefetch import WORKERS_ENV
+from caffe_ft.data.rng import CaffeRNG
 from caffe_ft.data.sources import Shard
 from caffe_ft.errors import CaffeError
 from caffe_ft.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
+from caffe_ft.pycaffe import set_random_seed
 from conftest import FIXTURES
 from solver_helpers import captured_log
 
@@ -53,8 +57,19 @@ def _batches(net: Net, passes: int, tops: tuple[str, ...] = ("data", "label")) -
 
 # -- golden batches ----------------------------------------------------
 def _golden_layer(case: str) -> caffe_pb2.LayerParameter:
-    text = (GOLDEN_CASES / case / "net.prototxt").read_text().replace("@GOLDEN@", str(GOLDEN_ROOT))
+    # A case's own files (WindowData's window.txt) are in its fixture folder.
+    text = (GOLDEN_CASES / case / "net.prototxt").read_text()
+    text = text.replace(f"@GOLDEN@/layers/{case}/", f"{GOLDEN_CASES / case}/")
+    text = text.replace("@GOLDEN@", str(GOLDEN_ROOT))
     return parse_text(text, caffe_pb2.NetParameter()).layer[0]
+
+
+def _golden_meta(case: str) -> dict:
+    """The case's meta.json: the phase its net was built in and the seed
+    Caffe::set_random_seed was given just before. The Data and ImageData
+    cases have none: TEST nets that draw no random number."""
+    path = GOLDEN_CASES / case / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else {"phase": "TEST"}
 
 
 def _reads_jpeg(layer: caffe_pb2.LayerParameter) -> bool:
@@ -70,13 +85,24 @@ def _reads_jpeg(layer: caffe_pb2.LayerParameter) -> bool:
     return False
 
 
+def _atol(layer: caffe_pb2.LayerParameter) -> float:
+    # README tolerance: in the Data and ImageData cases a decoded JPEG may differ by
+    # one grey level before scaling. The WindowData cases (README: 1e-5) are exact.
+    if layer.type != "WindowData" and _reads_jpeg(layer):
+        return layer.transform_param.scale
+    return 0.0
+
+
 def _check_golden(case: str) -> None:
     layer = _golden_layer(case)
-    # README tolerance: a decoded JPEG may differ by one grey level before scaling.
-    atol = layer.transform_param.scale if _reads_jpeg(layer) else 0.0
+    atol = _atol(layer)
+    meta = _golden_meta(case)
     expected = np.load(GOLDEN_CASES / case / "batches.npz")
     passes = sorted({key.split("/")[0] for key in expected.files}, key=lambda p: int(p[4:]))
-    net = Net(caffe_pb2.NetParameter(name="d", layer=[layer]), TEST)
+    if "seed" in meta:
+        set_random_seed(meta["seed"])
+    phase = caffe_pb2.Phase.Value(meta["phase"])
+    net = Net(caffe_pb2.NetParameter(name="d", layer=[layer]), phase)
     assert net.blob_shapes["data"] == expected["pass0/data"].shape
     for index, batch in enumerate(_batches(net, len(passes))):
         np.testing.assert_array_equal(batch["label"], expected[f"pass{index}/label"])
@@ -333,11 +359,89 @@ def test_imagedata_parameter_errors(tmp_path: Path, params: str, message: str) -
         _image_net(tmp_path, f'root_folder: "{tmp_path}/" {params}')
 
 
+# -- seeds from Caffe's global generator ---------------------------------
+# set_random_seed seeds Caffe's global mt19937; while a prefetching data layer
+# sets up, Caffe draws from it: DataTransformer::InitRand (if the transformer
+# needs a generator), the layer's own draws, InitRand again (the seed kept)
+# and the prefetch thread's seed. The expected seeds below are read off
+# CaffeRNG, an independent replay of that stream.
+def _caffe_draws(seed: int, count: int) -> list[int]:
+    stream = CaffeRNG(seed)
+    return [stream.raw() for _ in range(count)]
+
+
+def _mirror_coins(seed: int, count: int) -> list[bool]:
+    """The mirror coins of a TEST transformer without crop (one Rand(2) per image)."""
+    stream = CaffeRNG(seed)
+    return [stream.rand(2) == 1 for _ in range(count)]
+
+
+def _mirrored(data: np.ndarray) -> list[bool]:
+    """Which images of a batch of left-to-right ramps were mirrored."""
+    return [bool(image[0, 0, 0] > image[0, 0, -1]) for image in data]
+
+
+def _ramp_db(path: Path, count: int) -> Path:
+    """Raw 1×1×4 Datums: Datum i holds 10 i + (0, 1, 2, 3) and label i."""
+    with LMDBWriter(path) as writer:
+        for index in range(count):
+            pixels = (10 * index + np.arange(4)).astype(np.uint8).reshape(1, 1, 4)
+            datum = caffe_pb2.Datum(channels=1, height=1, width=4, data=pixels.tobytes(),
+                                    label=index)
+            writer.put(b"%04d" % index, datum.SerializeToString())
+    return path
+
+
+def _data_layer(name: str, source: Path, transform: str = "") -> str:
+    return (f'layer {{ name: "{name}" type: "Data" top: "{name}" top: "{name}_label" '
+            f'transform_param {{ {transform} }} data_param {{ source: "{source}" '
+            f'batch_size: 8 backend: LMDB }} }}')
+
+
+def test_data_layers_take_caffes_draws_in_order(tmp_path: Path) -> None:
+    source = _ramp_db(tmp_path / "db", 8)
+    # Draws 0-2: a's InitRand, InitRand (kept), thread; 3: b's thread (no
+    # generator without mirror or a TRAIN crop); 4-6: c's.
+    text = "\n".join([_data_layer("a", source, "mirror: true"), _data_layer("b", source),
+                      _data_layer("c", source, "mirror: true")])
+    set_random_seed(1701)
+    net = _net(text, TEST)
+    draws = _caffe_draws(1701, 7)
+    batch = _batches(net, 1, ("a", "b", "c"))[0]
+    assert _mirrored(batch["a"]) == _mirror_coins(draws[1], 8)
+    assert not any(_mirrored(batch["b"]))
+    assert _mirrored(batch["c"]) == _mirror_coins(draws[5], 8)
+
+
+def test_imagedata_draws_shuffle_skip_and_transformer_seeds_in_caffes_order(
+        tmp_path: Path) -> None:
+    lines = []
+    for index in range(6):
+        cv2.imwrite(str(tmp_path / f"{index}.png"),
+                    (10 * index + np.arange(4)).astype(np.uint8).reshape(1, 4))
+        lines.append(f"{index}.png {index}\n")
+    (tmp_path / "list.txt").write_text("".join(lines))
+    set_random_seed(1701)
+    net = _image_net(tmp_path, f'root_folder: "{tmp_path}/" batch_size: 3 shuffle: true '
+                               f'rand_skip: 4', "transform_param { mirror: true }")
+    # Draws 0: InitRand; 1: the shuffle's seed; 2: the skip; 3: InitRand (kept); 4: thread.
+    draws = _caffe_draws(1701, 5)
+    order = list(range(6))
+    CaffeRNG(draws[1]).shuffle(order)
+    skip = draws[2] % 4
+    batch = _batches(net, 1)[0]
+    np.testing.assert_array_equal(batch["label"], order[skip:skip + 3])
+    assert _mirrored(batch["data"]) == _mirror_coins(draws[3], 3)
+
+
 # -- HDF5Data / HDF5Output ---------------------------------------------
-h5py = pytest.importorskip("h5py")
+@pytest.fixture
+def h5py() -> ModuleType:
+    """h5py, or a skip: h5py is optional, and only the HDF5 tests need it."""
+    return pytest.importorskip("h5py")
 
 
-def _hdf5_files(tmp_path: Path) -> Path:
+def _hdf5_files(tmp_path: Path, h5py: ModuleType) -> Path:
     """Two files, 3 and 2 rows; row r of the stream has data r and label 100 + r."""
     names = []
     for index, rows in enumerate((range(0, 3), range(3, 5))):
@@ -355,8 +459,8 @@ def _hdf5_net(source: Path, extra: str = "") -> Net:
                 f'hdf5_data_param {{ source: "{source}" batch_size: 4 }} }}')
 
 
-def test_hdf5data_reads_files_in_order_and_wraps(tmp_path: Path) -> None:
-    net = _hdf5_net(_hdf5_files(tmp_path))
+def test_hdf5data_reads_files_in_order_and_wraps(tmp_path: Path, h5py: ModuleType) -> None:
+    net = _hdf5_net(_hdf5_files(tmp_path, h5py))
     assert net.blob_shapes == {"data": (4, 2, 2), "label": (4,)}
     batches = _batches(net, 3)
     rows = [r % 5 for r in range(12)]
@@ -365,9 +469,10 @@ def test_hdf5data_reads_files_in_order_and_wraps(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.concatenate([b["data"] for b in batches])[:, 0, 0], rows)
 
 
-def test_hdf5data_train_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hdf5data_train_shard(tmp_path: Path, h5py: ModuleType,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data_layers, "train_shard", lambda: Shard(rank=1, size=2))
-    source = _hdf5_files(tmp_path)
+    source = _hdf5_files(tmp_path, h5py)
     net = _net(f'layer {{ name: "h5" type: "HDF5Data" top: "data" top: "label" '
                f'hdf5_data_param {{ source: "{source}" batch_size: 4 }} }}', TRAIN)
     # Caffe's Skip(): rank 1 of 2 keeps stream offsets 1, 3, 5, 7 (rows wrap at 5).
@@ -375,23 +480,37 @@ def test_hdf5data_train_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
                                   [100 + (1 + 2 * j) % 5 for j in range(4)])
 
 
-def test_hdf5data_errors(tmp_path: Path) -> None:
-    source = _hdf5_files(tmp_path)
+def test_hdf5data_errors(tmp_path: Path, h5py: ModuleType) -> None:
+    source = _hdf5_files(tmp_path, h5py)
     with pytest.raises(CaffeError, match="does not transform data"):
         _hdf5_net(source, "transform_param { scale: 2 }")
     with pytest.raises(CaffeError, match="part0.h5: Failed to find HDF5 dataset other"):
         _net(f'layer {{ name: "h5" type: "HDF5Data" top: "other" hdf5_data_param {{ '
              f'source: "{source}" batch_size: 1 }} }}')
 
+def test_hdf5data_shuffle_takes_no_caffe_draw(tmp_path: Path, h5py: ModuleType) -> None:
+    # Caffe shuffles HDF5 rows with std::random_shuffle (C's rand()), not with its
+    # own generator: a Data layer set up after it keeps Caffe's seed (draw 1).
+    files = _hdf5_files(tmp_path, h5py)
+    text = (f'layer {{ name: "h5" type: "HDF5Data" top: "data" top: "label" hdf5_data_param '
+            f'{{ source: "{files}" batch_size: 4 shuffle: true }} }}\n'
+            + _data_layer("a", _ramp_db(tmp_path / "db", 8), "mirror: true"))
+    set_random_seed(1701)
+    net = _net(text, TEST)
+    draws = _caffe_draws(1701, 2)
+    assert _mirrored(_batches(net, 1, ("a",))[0]["a"]) == _mirror_coins(draws[1], 8)
+
 
 def test_hdf5_layers_need_h5py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _hdf5_files(tmp_path)
+    # Runs with or without h5py: the layer asks for it before opening any file.
+    source = tmp_path / "files.txt"
+    source.write_text(f"{tmp_path / 'part0.h5'}\n")
     monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py now fails
     with pytest.raises(CaffeError, match="Layer 'h5' \\(HDF5Data\\).*h5py"):
         _hdf5_net(source)
 
 
-def test_hdf5output_writes_one_pass(tmp_path: Path) -> None:
+def test_hdf5output_writes_one_pass(tmp_path: Path, h5py: ModuleType) -> None:
     out = tmp_path / "out.h5"
     net = _net(f'''
         layer {{ name: "in" type: "Input" top: "x" top: "y"

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from caffe_ft import pycaffe
 from caffe_ft.blobs import array_to_blob_proto
 from caffe_ft.data.prefetch import WORKERS_ENV
 from caffe_ft.data.rng import CaffeRNG
@@ -17,6 +18,7 @@ from caffe_ft.errors import CaffeError
 from caffe_ft.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text, write_binary
+from caffe_ft.pycaffe import set_random_seed
 from solver_helpers import captured_log
 
 TRAIN = caffe_pb2.TRAIN
@@ -183,13 +185,45 @@ def test_mean_file_is_read_at_the_crops_offset_and_padding(tmp_path: Path) -> No
     assert (data[1][outside] == 0).all()  # the padding stays zero
 
 
-def _layer_net(tmp_path: Path, extra: str = "", transform: str = "crop_size: 8") -> Net:
+def _layer_text(tmp_path: Path, extra: str = "", transform: str = "crop_size: 8") -> str:
     _window_file(tmp_path, WINDOWS)
-    text = (f'layer {{ name: "data" type: "WindowData" top: "data" top: "label" '
+    return (f'layer {{ name: "data" type: "WindowData" top: "data" top: "label" '
             f'transform_param {{ {transform} }} window_data_param {{ '
             f'source: "{tmp_path}/windows.txt" root_folder: "{tmp_path}/" batch_size: 4 '
             f'fg_fraction: 0.5 {extra} }} }}')
-    return Net(parse_text(text, caffe_pb2.NetParameter()), TRAIN)
+
+
+def _layer_net(tmp_path: Path, extra: str = "", transform: str = "crop_size: 8") -> Net:
+    return Net(parse_text(_layer_text(tmp_path, extra, transform), caffe_pb2.NetParameter()),
+               TRAIN)
+
+
+@pytest.mark.parametrize("phase, mirror, seed_draw, draws_taken", [
+    # Caffe's setup draws: DataTransformer::InitRand (when mirror, or crop_size in
+    # TRAIN), the sampler's seed, InitRand again, the prefetch thread's seed.
+    ("TRAIN", False, 1, 4),
+    ("TEST", True, 1, 4),
+    ("TEST", False, 0, 2),
+])
+def test_sampler_seed_is_caffes_draw_in_either_phase(tmp_path: Path, phase: str, mirror: bool,
+                                                     seed_draw: int, draws_taken: int) -> None:
+    images = _images(tmp_path)
+    transform = "crop_size: 8 mirror: true" if mirror else "crop_size: 8"
+    (tmp_path / "net.prototxt").write_text(_layer_text(tmp_path, "scale: 0.5", transform))
+    set_random_seed(1701)
+    net = pycaffe.Net(str(tmp_path / "net.prototxt"), caffe_pb2.Phase.Value(phase))
+    stream = CaffeRNG(1701)  # Caffe's global generator after set_random_seed(1701)
+    draws = [stream.raw() for _ in range(draws_taken + 2)]
+    # The layer took exactly its draws: the next ones are the next layer's (a
+    # range of 2**16 takes one 32-bit output).
+    following = [torch.randint(0, 2**16, ()).item() for _ in range(2)]
+    assert following == [draw % 2**16 for draw in draws[draws_taken:]]
+    expected = _source(tmp_path, seed=draws[seed_draw], mirror=mirror)
+    for index in range(2):
+        net.forward()
+        expected_data, expected_labels = _expected_batch(images, expected, index, 0.0)
+        np.testing.assert_array_equal(net.blobs["label"].data, expected_labels)
+        np.testing.assert_array_equal(net.blobs["data"].data, expected_data)
 
 
 def test_layer_logs_like_caffe_and_serves_batches(tmp_path: Path) -> None:

@@ -17,38 +17,15 @@ import numpy as np
 import torch
 
 from caffe_ft.errors import CaffeError
+from caffe_ft.layers.families import known_types
 from caffe_ft.net.net import Net as CoreNet
 from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.pycaffe import mode
 
-TRAIN = caffe_pb2.TRAIN
-TEST = caffe_pb2.TEST
-
-_device = torch.device("cpu")
-
-
-def set_mode_cpu() -> None:
-    global _device
-    _device = torch.device("cpu")
-
-
-def set_mode_gpu() -> None:
-    global _device
-    if not torch.cuda.is_available():
-        raise CaffeError("set_mode_gpu: no CUDA device is available to torch")
-    _device = torch.device("cuda", torch.cuda.current_device())
-
-
-def set_device(device_id: int) -> None:
-    global _device
-    if torch.cuda.is_available():
-        torch.cuda.set_device(device_id)
-        if _device.type == "cuda":
-            _device = torch.device("cuda", device_id)
-
-
-def set_random_seed(seed: int) -> None:
-    torch.manual_seed(seed)
+def layer_type_list() -> list[str]:
+    """Every layer type caffe_ft builds (Caffe's LayerRegistry::LayerTypeList)."""
+    return known_types()
 
 
 class Blob:
@@ -143,13 +120,13 @@ class Net:
             weights = os.fspath(positional.pop(0))
         if positional:
             phase = positional.pop(0)
-        if positional or phase not in (TRAIN, TEST):
+        if positional or phase not in (caffe_pb2.TRAIN, caffe_pb2.TEST):
             raise CaffeError("usage: caffe.Net(network_file, phase[, weights=file]) or "
                              "caffe.Net(network_file, weights_file, phase)")
         from caffe_ft.upgrade import read_net_text
         param = read_net_text(os.fspath(network_file))
         self._net = CoreNet(param, phase, level, stages, source=os.fspath(network_file))
-        self._net.to(_device)
+        self._net.to(mode.device())
         # pycaffe reads every blob's diff and may run a range of layers backward.
         self._net.keep_blob_diffs = True
         # Wiring never changes, so the views are made once.

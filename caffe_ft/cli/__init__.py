@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from caffe_ft.cli.actions import ACTIONS
-from caffe_ft.cli.flags import flag_help, parse_flags
+from caffe_ft.cli.flags import flag_help, own_arguments, parse_flags
 from caffe_ft.errors import CaffeError, UsageError
 
 
@@ -33,9 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if act is None:
         print(f"caffe_ft: unknown action: {name}\n{actions_help()}", file=sys.stderr)
         return 2
-    verbose = any(a.lstrip("-") in ("v", "v=true") for a in rest)
+    own = own_arguments(act, rest)
+    verbose = any(a.lstrip("-") in ("v", "v=true") for a in own)
     try:
-        if any(a in ("-h", "-help", "--help") for a in rest):
+        if any(a in ("-h", "-help", "--help") for a in own):
             print(flag_help(act))
             return 0
         flags, positional = parse_flags(act, rest)

@@ -127,5 +127,13 @@ _DEPLOY_TOOLS = (
            flags=[Flag("output", "curves.png", "the PNG file to write")], nargs=(1, None)),
 )
 
+# pycaffe scripts.
+_PYTHON = (
+    action("python", "Run a pycaffe script unchanged: its `import caffe` gets caffe_ft",
+           "caffe_ft.cli.python_tool:python_action", "SCRIPT.py [ARGS...]", nargs=(1, None),
+           passthrough=True),
+)
+
 ACTIONS: dict[str, Action] = {
-    act.name: act for act in (*_CAFFE_TOOL, *_DATA_TOOLS, *_UPGRADE_TOOLS, *_DEPLOY_TOOLS)}
+    act.name: act for act in (*_CAFFE_TOOL, *_DATA_TOOLS, *_UPGRADE_TOOLS, *_DEPLOY_TOOLS,
+                              *_PYTHON)}

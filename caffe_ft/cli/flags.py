@@ -39,6 +39,8 @@ class Action:
     runner: str  # "module:function"; the function gets (flags, positional args)
     flags: dict[str, Flag]
     nargs: tuple[int, int | None]
+    # The first positional argument ends the flags: the rest belong to it (a script's own).
+    passthrough: bool = False
 
     def load(self) -> Runner:
         module, _, function = self.runner.partition(":")
@@ -49,11 +51,11 @@ class Action:
 
 
 def action(name: str, help: str, runner: str, usage: str = "", flags: Sequence[Flag] = (),
-           nargs: tuple[int, int | None] = (0, 0)) -> Action:
+           nargs: tuple[int, int | None] = (0, 0), passthrough: bool = False) -> Action:
     """`caffe_ft <name>`, run by `runner` ("module:function") with its flags
     and the common ones."""
     return Action(name, help, usage, runner, {f.name: f for f in (*COMMON_FLAGS, *flags)},
-                  nargs)
+                  nargs, passthrough)
 
 
 def _convert(flag: Flag, text: str) -> Any:
@@ -82,6 +84,9 @@ def parse_flags(act: Action, argv: Sequence[str]) -> tuple[dict[str, Any], list[
             break
         if not arg.startswith("-") or arg == "-" or _is_number(arg):
             positional.append(arg)
+            if act.passthrough:
+                positional.extend(args)
+                break
             continue
         name, eq, text = arg.lstrip("-").partition("=")
         flag = act.flags.get(name)
@@ -103,6 +108,16 @@ def parse_flags(act: Action, argv: Sequence[str]) -> tuple[dict[str, Any], list[
     if len(positional) < low or (high is not None and len(positional) > high):
         raise UsageError(f"usage: caffe_ft {act.name} {act.usage}".rstrip())
     return values, positional
+
+
+def own_arguments(act: Action, argv: Sequence[str]) -> list[str]:
+    """The arguments that are the action's own (not a passed-through script's)."""
+    if not act.passthrough:
+        return list(argv)
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-") or arg == "-":
+            return list(argv[:i])
+    return list(argv)
 
 
 def flag_arguments(values: dict[str, Any]) -> list[str]:

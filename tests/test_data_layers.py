@@ -26,7 +26,7 @@ from caffe_ft.errors import CaffeError
 from caffe_ft.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
-from caffe_ft.pycaffe import set_random_seed
+from caffe_ft.pycaffe.mode import set_random_seed
 from conftest import FIXTURES
 from solver_helpers import captured_log
 
@@ -51,7 +51,7 @@ def _batches(net: Net, passes: int, tops: tuple[str, ...] = ("data", "label")) -
     out = []
     for _ in range(passes):
         net.forward()
-        out.append({name: net.blob(name).detach().cpu().numpy().copy() for name in tops})
+        out.append({name: net.blob_data(name).detach().cpu().numpy().copy() for name in tops})
     return out
 
 
@@ -300,8 +300,8 @@ def test_batches_reach_cuda_pinned_and_unchanged(encoded_db: Path,
                           "mean_value: 10 mean_value: 20 mean_value: 30 }").to("cuda")
     for expected in on_cpu:
         net.forward()
-        assert net.blob("data").device.type == "cuda"
-        np.testing.assert_array_equal(net.blob("data").cpu().numpy(), expected["data"])
+        assert net.blob_data("data").device.type == "cuda"
+        np.testing.assert_array_equal(net.blob_data("data").cpu().numpy(), expected["data"])
 
 
 # -- ImageData ---------------------------------------------------------
@@ -518,8 +518,8 @@ def test_hdf5output_writes_one_pass(tmp_path: Path, h5py: ModuleType) -> None:
         layer {{ name: "save" type: "HDF5Output" bottom: "x" bottom: "y"
                  hdf5_output_param {{ file_name: "{out}" }} }}''')
     x, y = torch.arange(6.0).reshape(2, 3), torch.tensor([7.0, 8.0])
-    net.blob("x").copy_(x)
-    net.blob("y").copy_(y)
+    net.set_blob_data("x", x)
+    net.set_blob_data("y", y)
     net.forward()
     with h5py.File(out, "r") as handle:
         np.testing.assert_array_equal(handle["data"][()], x.numpy().reshape(2, 3, 1, 1))
@@ -549,9 +549,9 @@ def test_memorydata_serves_batches_in_order_and_wraps() -> None:
     np.testing.assert_array_equal(served[2]["data"], data[:2])  # wrapped
     data[0] += 100  # pycaffe keeps the array itself: later writes are seen
     net.forward()
-    np.testing.assert_array_equal(net.blob("data").numpy(), data[2:])
+    np.testing.assert_array_equal(net.blob_data("data").numpy(), data[2:])
     net.forward()
-    np.testing.assert_array_equal(net.blob("data").numpy(), data[:2])
+    np.testing.assert_array_equal(net.blob_data("data").numpy(), data[:2])
 
 
 @pytest.mark.parametrize("data_shape, labels_shape, message", [
@@ -571,7 +571,7 @@ def test_dummydata_fills_constants_once_and_refills_others() -> None:
                    dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 4 }
                      data_filler { type: "constant" value: 0.5 }
                      data_filler { type: "gaussian" std: 1 } } }''')
-    net.blob("c").fill_(7.0)  # never refilled: Caffe's constant tops keep what is written
+    net.blob_data("c").fill_(7.0)  # never refilled: Caffe's constant tops keep what is written
     first = _batches(net, 1, ("c", "g"))[0]
     second = _batches(net, 1, ("c", "g"))[0]
     np.testing.assert_array_equal(first["c"], np.full((2, 3), 7.0))

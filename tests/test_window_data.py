@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_ft import pycaffe
+from caffe_ft.pycaffe import net as pycaffe
 from caffe_ft.blobs import array_to_blob_proto
 from caffe_ft.data.prefetch import WORKERS_ENV
 from caffe_ft.data.rng import CaffeRNG
@@ -18,7 +18,7 @@ from caffe_ft.errors import CaffeError
 from caffe_ft.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text, write_binary
-from caffe_ft.pycaffe import set_random_seed
+from caffe_ft.pycaffe.mode import set_random_seed
 from solver_helpers import captured_log
 
 TRAIN = caffe_pb2.TRAIN
@@ -237,7 +237,7 @@ def test_layer_logs_like_caffe_and_serves_batches(tmp_path: Path) -> None:
         assert line in messages
     assert net.blob_shapes["data"] == (4, 3, 8, 8) and net.blob_shapes["label"] == (4,)
     net.forward()
-    labels = net.blob("label").numpy()
+    labels = net.blob_data("label").numpy()
     assert (labels[:2] == 0).all() and set(labels[2:]) <= {1, 2, 3}
 
 
@@ -258,7 +258,7 @@ def test_workers_give_the_in_process_batches(tmp_path: Path,
         batches = []
         for _ in range(3):
             net.forward()
-            batches.append(net.blob("data").numpy().copy())
+            batches.append(net.blob_data("data").numpy().copy())
         runs.append(batches)
     for in_process, from_workers in zip(*runs):
         np.testing.assert_array_equal(in_process, from_workers)

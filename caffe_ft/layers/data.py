@@ -51,7 +51,7 @@ def _warn_ignored(layer: Layer, message: Message, fields: Sequence[str]) -> None
 
 
 def _h5py(layer: Layer) -> Any:
-    from caffe_ft.hdf5 import h5py_module  # h5py is optional: only these layers need it
+    from caffe_ft.optional import h5py_module  # h5py is optional: only these layers need it
     try:
         return h5py_module()
     except CaffeError as err:

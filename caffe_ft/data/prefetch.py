@@ -124,9 +124,14 @@ class _Pool:
         if not isinstance(result, _Placed):
             tensors = [torch.from_numpy(array) for array in result]
             return [t.pin_memory() for t in tensors] if self.pin else tensors
-        views = [torch.from_numpy(np.frombuffer(region.of(memory), np.float32).reshape(shape))
+        views = [np.frombuffer(region.of(memory), np.float32).reshape(shape)
                  for region, shape in result.arrays]
-        return [v.pin_memory() if self.pin else v.clone() for v in views]
+        if self.pin:
+            return [torch.from_numpy(view).pin_memory() for view in views]
+        # numpy's copy, not torch's clone: clone hands a batch to torch's
+        # intra-op threads, which here cost the main process about four times
+        # the CPU of one thread's memcpy.
+        return [torch.from_numpy(view.copy()) for view in views]
 
     def _hand_over(self, item: list[torch.Tensor] | Exception) -> None:
         while not self.stopped.is_set():

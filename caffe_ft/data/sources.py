@@ -66,7 +66,7 @@ class BatchSource(ABC):
 
     def load_batch(self, index: int, allocate: Allocator = new_arrays) -> list[np.ndarray]:
         """Batch `index`: data (N×C×H×W float32) and, if wanted, labels (N,),
-        in arrays from `allocate` (a prefetch worker passes its shared slot).
+        in arrays from `allocate` (a prefetch worker builds it in its shared arena).
         The batch takes its shape from its first image (Caffe's load_batch),
         so batch_size 1 allows images of varying size."""
         size = self.batch_size

@@ -101,6 +101,7 @@ class Arena:
     def __init__(self, memory: memoryview) -> None:
         self._memory = memory
         self._used = 0
+        self._unwritten: list[tuple[bytes | bytearray | Payload, memoryview]] = []
 
     def take(self, size: int) -> tuple[Region, memoryview] | None:
         """`size` bytes to build a result in, and their region; None when
@@ -112,17 +113,26 @@ class Arena:
         return region, region.of(self._memory)
 
     def put(self, payload: bytes | bytearray | Payload) -> Region | bytes:
-        """The payload written into the arena, or its bytes for the pipe when
-        it does not fit."""
+        """The payload's place in the arena, or its bytes for the pipe when
+        it does not fit. It is written there once the whole chunk is done:
+        written (and freed) one by one, between image decodes, the payloads
+        made glibc shrink and regrow the heap per image, tripling the
+        workers' page faults."""
         taken = self.take(len(payload))
         if taken is None:
             return bytes(payload)
         region, out = taken
-        if isinstance(payload, (bytes, bytearray)):
-            out[:] = payload
-        else:
-            payload.write_into(out)
+        self._unwritten.append((payload, out))
         return region
+
+    def write(self) -> None:
+        """Writes the payloads put() placed."""
+        for payload, out in self._unwritten:
+            if isinstance(payload, (bytes, bytearray)):
+                out[:] = payload
+            else:
+                payload.write_into(out)
+        self._unwritten.clear()
 
 
 class OrderedWorkers(Generic[C, T, R]):
@@ -280,6 +290,7 @@ def _serve(conn: Connection, func: Callable[[C, T, Arena], R], context: C,
             room = Arena(_NO_MEMORY if arena is None else memories[arena])
             reply: tuple[int, int | None, list[R] | WorkerFailure] = (
                 index, arena, [func(context, item, room) for item in batch])
+            room.write()
         except CaffeError as err:
             reply = (index, arena, WorkerFailure(str(err), user_error=True))
         except Exception:  # a bug: hand its traceback to the main process

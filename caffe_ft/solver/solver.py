@@ -69,11 +69,13 @@ def _no_request() -> SolverAction:
 
 class Solver:
     """Trains the net a SolverParameter describes. `solver_path` lets net
-    files and the snapshot prefix be found beside the solver file."""
+    files and the snapshot prefix be found beside the solver file;
+    `solver_type` names the update rule when it is not `param.type`."""
 
     def __init__(self, param: caffe_pb2.SolverParameter, solver_path: str = "",
                  device: torch.device | None = None,
-                 action_request: ActionRequest = _no_request, rank: int = 0) -> None:
+                 action_request: ActionRequest = _no_request, rank: int = 0,
+                 solver_type: str = "") -> None:
         logger.info("Initializing solver from parameters: \n%s",
                     text_format.MessageToString(param).rstrip("\n"))
         self.param = caffe_pb2.SolverParameter()
@@ -85,7 +87,7 @@ class Solver:
             raise CaffeError("average_loss should be non-negative.")
         check_policy(param)
         check_regularization(param.regularization_type)
-        self.rule = rule_for(param)
+        self.rule = rule_for(param, solver_type)
         self.hyper = Hyper.from_param(param)
         self.solver_dir = os.path.dirname(solver_path)
         self.device = device or torch.device("cpu")
@@ -110,6 +112,9 @@ class Solver:
                              for p in self.params]
         self._smoothed = SmoothedLoss(param.average_loss)
         self._iterations_last = 0
+        # Called at the start of each iteration, after its test and before its
+        # forward/backward (Caffe's Solver::Callback::on_start).
+        self.start_hooks: list[Callable[[Solver], None]] = []
         # Called on the accumulated diffs before the update (data-parallel
         # training averages them across processes here).
         self.gradient_hooks: list[Callable[[Solver], None]] = []
@@ -188,11 +193,14 @@ class Solver:
             blob.copy_(torch.from_numpy(saved.reshape(tuple(blob.shape))))
 
     # -- training ---------------------------------------------------------
-    def solve(self) -> None:
+    def solve(self, resume_file: str | None = None) -> None:
         param = self.param
         logger.info("Solving %s", self.net.name)
         logger.info("Learning Rate Policy: %s", param.lr_policy)
         self.requested_early_exit = False
+        if resume_file:
+            logger.info("Restoring previous solver status from %s", resume_file)
+            self.restore(resume_file)
         start_iter = self.iter
         with TrainingProgress(self.iter, param.max_iter) as self.progress:
             self.step(param.max_iter - self.iter)
@@ -226,6 +234,8 @@ class Solver:
                 self.test_all()
                 if self.requested_early_exit:
                     break
+            for hook in self.start_hooks:
+                hook(self)
             display = bool(param.display) and self.iter % param.display == 0
             loss = f32(0)
             for _ in range(param.iter_size):

@@ -119,14 +119,17 @@ RULES: dict[str, UpdateRule] = {
 }
 
 
-def rule_for(param: caffe_pb2.SolverParameter) -> UpdateRule:
-    """The rule of `param.type`, after Caffe's per-solver sanity checks."""
-    rule = RULES.get(param.type)
+def rule_for(param: caffe_pb2.SolverParameter, solver_type: str = "") -> UpdateRule:
+    """The rule of `solver_type` (default `param.type`), after Caffe's
+    per-solver sanity checks. pycaffe's SGDSolver(file), AdamSolver(file), ...
+    are their class's type whatever the file's `type` says."""
+    kind = solver_type or param.type
+    rule = RULES.get(kind)
     if rule is None:
-        raise CaffeError(f"Unknown solver type: {param.type} (known types: "
+        raise CaffeError(f"Unknown solver type: {kind} (known types: "
                          f"{', '.join(sorted(RULES))})")
-    if param.type in ("AdaGrad", "RMSProp") and param.momentum != 0:
-        raise CaffeError(f"Momentum cannot be used with {param.type}.")
-    if param.type == "RMSProp" and not 0 <= param.rms_decay < 1:
+    if kind in ("AdaGrad", "RMSProp") and param.momentum != 0:
+        raise CaffeError(f"Momentum cannot be used with {kind}.")
+    if kind == "RMSProp" and not 0 <= param.rms_decay < 1:
         raise CaffeError("rms_decay should lie between 0 and 1.")
     return rule

@@ -73,6 +73,15 @@ class LayerBlob:
     height = property(lambda self: self._legacy(2))
     width = property(lambda self: self._legacy(3))
 
+    def alias(self, param: torch.Tensor) -> None:
+        """Make the data a view of `param` where it lives on the CPU."""
+        if param.device.type == "cpu" and param.dtype == torch.float32:
+            self._data = param.detach().numpy().reshape(self._data.shape)
+
+    def aliases(self, param: torch.Tensor) -> bool:
+        return (param.device.type == "cpu" and param.numel() > 0 and
+                np.shares_memory(self._data, param.detach().numpy()))
+
     def reshape(self, *shape: int) -> None:
         """Give the blob a new shape; values survive only if the count is
         unchanged (Caffe keeps its memory, whose contents are then stale)."""
@@ -200,7 +209,10 @@ class PythonLayer(Layer):
         instance.setup([LayerBlob(s) for s in bottom_shapes], self.top_blobs)
         for blob in instance.blobs:
             with torch.no_grad():
-                self.add_blob(blob.shape).copy_(torch.from_numpy(blob.data))
+                param = self.add_blob(blob.shape).copy_(torch.from_numpy(blob.data))
+            # The layer's blob IS the net's param on the CPU (a view), as in
+            # Caffe: net surgery, copy_from and save see the same values.
+            blob.alias(param)
 
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         self.instance.reshape([LayerBlob(s) for s in bottom_shapes], self.top_blobs)
@@ -211,13 +223,17 @@ class PythonLayer(Layer):
         """The user's reshape + forward, with the parameter blobs holding the
         net's current values; values the forward writes into them are kept."""
         blobs = self.instance.blobs
-        for blob, param in zip(blobs, params):
+        # Off the CPU, or after a share replaced the param, the layer's blob
+        # is a copy: bring it in step before, and back after, the forward.
+        copies = [(blob, param) for blob, param in zip(blobs, params)
+                  if not blob.aliases(param)]
+        for blob, param in copies:
             blob.data = _cpu_array(param).reshape(blob.shape)
-        before = [blob.data.copy() for blob in blobs]
+        before = [blob.data.copy() for blob, _ in copies]
         self.instance.reshape(bottoms, self.top_blobs)
         self.instance.forward(bottoms, self.top_blobs)
         with torch.no_grad():
-            for blob, old, param in zip(blobs, before, self.blobs):
+            for (blob, param), old in zip(copies, before):
                 if not np.array_equal(blob.data, old):
                     param.copy_(torch.from_numpy(blob.data).reshape(param.shape))
         return self.top_blobs

@@ -428,11 +428,13 @@ class Net(nn.Module):
     def _bottoms_of(self, index: int) -> list[torch.Tensor]:
         bottoms = []
         for name, detach in zip(self.bottom_names[index], self.bottom_detach[index]):
-            value = self._values[name]
+            value = self.blob_data(name)
             if self.keep_blob_diffs:
-                # The layer's own leaf, so its backward can run by itself.
+                # The layer's own leaf, so its backward can run by itself; the
+                # plan (not the value's history: a replay may read a blob no
+                # forward wrote) says whether a diff flows into it.
                 leaf = value.detach()
-                if value.requires_grad and not detach:
+                if not detach and leaf.is_floating_point():
                     leaf.requires_grad_()
                 value = leaf
             elif detach and value.requires_grad:
@@ -491,9 +493,9 @@ class Net(nn.Module):
     def _backward_layers(self, start: int, end: int, hook: LayerHook) -> None:
         weights = dict(self.loss_tops)
         for i in range(start, end - 1, -1):
-            if not self.layer_need_backward[i] or i not in self._layer_io:
+            if not self.layer_need_backward[i]:
                 continue
-            bottoms, tops = self._layer_io[i]
+            bottoms, tops = self._layer_io.get(i) or self._replay(i)
             outs, grads = [], []
             for name, top in zip(self.top_names[i], tops):
                 if not top.requires_grad:
@@ -522,6 +524,16 @@ class Net(nn.Module):
                     param.grad = grad.clone()
                 else:
                     param.grad.add_(grad)
+
+    def _replay(self, index: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """A layer's graph for a backward that no forward of it preceded
+        (Caffe's backward then reads the blobs as they are): its forward on
+        the current bottoms, without writing its tops."""
+        bottoms = self._bottoms_of(index)
+        with torch.enable_grad():
+            tops = [self._top_of(index, top) for top in self.layers[index](*bottoms)]
+        self._layer_io[index] = (bottoms, tops)
+        return bottoms, tops
 
     def clear_param_diffs(self) -> None:
         """Caffe's ClearParamDiffs: every learnable param's diff to zero."""

@@ -9,7 +9,8 @@ from caffe_ft.errors import CaffeError
 
 # module → (what needs it, the extra that installs it)
 _EXTRAS = {
-    "h5py": ("HDF5 files", "hdf5"),
+    "onnx": ("ONNX export", "onnx"),
+    "pydot": ("Drawing nets (caffe.draw)", "draw"),
 }
 
 
@@ -18,8 +19,4 @@ def optional_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         need, extra = _EXTRAS[name]
-        raise CaffeError(f"{need} need {name}: pip install 'caffe_ft[{extra}]'") from None
-
-
-def h5py_module() -> ModuleType:
-    return optional_module("h5py")
+        raise CaffeError(f"{need} needs {name}: pip install 'caffe_ft[{extra}]'") from None

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -435,13 +434,7 @@ def test_imagedata_draws_shuffle_skip_and_transformer_seeds_in_caffes_order(
 
 
 # -- HDF5Data / HDF5Output ---------------------------------------------
-@pytest.fixture
-def h5py() -> ModuleType:
-    """h5py, or a skip: h5py is optional, and only the HDF5 tests need it."""
-    return pytest.importorskip("h5py")
-
-
-def _hdf5_files(tmp_path: Path, h5py: ModuleType) -> Path:
+def _hdf5_files(tmp_path: Path) -> Path:
     """Two files, 3 and 2 rows; row r of the stream has data r and label 100 + r."""
     names = []
     for index, rows in enumerate((range(0, 3), range(3, 5))):
@@ -459,8 +452,8 @@ def _hdf5_net(source: Path, extra: str = "") -> Net:
                 f'hdf5_data_param {{ source: "{source}" batch_size: 4 }} }}')
 
 
-def test_hdf5data_reads_files_in_order_and_wraps(tmp_path: Path, h5py: ModuleType) -> None:
-    net = _hdf5_net(_hdf5_files(tmp_path, h5py))
+def test_hdf5data_reads_files_in_order_and_wraps(tmp_path: Path) -> None:
+    net = _hdf5_net(_hdf5_files(tmp_path))
     assert net.blob_shapes == {"data": (4, 2, 2), "label": (4,)}
     batches = _batches(net, 3)
     rows = [r % 5 for r in range(12)]
@@ -469,10 +462,10 @@ def test_hdf5data_reads_files_in_order_and_wraps(tmp_path: Path, h5py: ModuleTyp
     np.testing.assert_array_equal(np.concatenate([b["data"] for b in batches])[:, 0, 0], rows)
 
 
-def test_hdf5data_train_shard(tmp_path: Path, h5py: ModuleType,
+def test_hdf5data_train_shard(tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data_layers, "train_shard", lambda: Shard(rank=1, size=2))
-    source = _hdf5_files(tmp_path, h5py)
+    source = _hdf5_files(tmp_path)
     net = _net(f'layer {{ name: "h5" type: "HDF5Data" top: "data" top: "label" '
                f'hdf5_data_param {{ source: "{source}" batch_size: 4 }} }}', TRAIN)
     # Caffe's Skip(): rank 1 of 2 keeps stream offsets 1, 3, 5, 7 (rows wrap at 5).
@@ -480,18 +473,18 @@ def test_hdf5data_train_shard(tmp_path: Path, h5py: ModuleType,
                                   [100 + (1 + 2 * j) % 5 for j in range(4)])
 
 
-def test_hdf5data_errors(tmp_path: Path, h5py: ModuleType) -> None:
-    source = _hdf5_files(tmp_path, h5py)
+def test_hdf5data_errors(tmp_path: Path) -> None:
+    source = _hdf5_files(tmp_path)
     with pytest.raises(CaffeError, match="does not transform data"):
         _hdf5_net(source, "transform_param { scale: 2 }")
     with pytest.raises(CaffeError, match="part0.h5: Failed to find HDF5 dataset other"):
         _net(f'layer {{ name: "h5" type: "HDF5Data" top: "other" hdf5_data_param {{ '
              f'source: "{source}" batch_size: 1 }} }}')
 
-def test_hdf5data_shuffle_takes_no_caffe_draw(tmp_path: Path, h5py: ModuleType) -> None:
+def test_hdf5data_shuffle_takes_no_caffe_draw(tmp_path: Path) -> None:
     # Caffe shuffles HDF5 rows with std::random_shuffle (C's rand()), not with its
     # own generator: a Data layer set up after it keeps Caffe's seed (draw 1).
-    files = _hdf5_files(tmp_path, h5py)
+    files = _hdf5_files(tmp_path)
     text = (f'layer {{ name: "h5" type: "HDF5Data" top: "data" top: "label" hdf5_data_param '
             f'{{ source: "{files}" batch_size: 4 shuffle: true }} }}\n'
             + _data_layer("a", _ramp_db(tmp_path / "db", 8), "mirror: true"))
@@ -501,16 +494,7 @@ def test_hdf5data_shuffle_takes_no_caffe_draw(tmp_path: Path, h5py: ModuleType) 
     assert _mirrored(_batches(net, 1, ("a",))[0]["a"]) == _mirror_coins(draws[1], 8)
 
 
-def test_hdf5_layers_need_h5py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Runs with or without h5py: the layer asks for it before opening any file.
-    source = tmp_path / "files.txt"
-    source.write_text(f"{tmp_path / 'part0.h5'}\n")
-    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py now fails
-    with pytest.raises(CaffeError, match="Layer 'h5' \\(HDF5Data\\).*h5py"):
-        _hdf5_net(source)
-
-
-def test_hdf5output_writes_one_pass(tmp_path: Path, h5py: ModuleType) -> None:
+def test_hdf5output_writes_one_pass(tmp_path: Path) -> None:
     out = tmp_path / "out.h5"
     net = _net(f'''
         layer {{ name: "in" type: "Input" top: "x" top: "y"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 from google.protobuf.message import Message
@@ -48,14 +49,6 @@ def _warn_ignored(layer: Layer, message: Message, fields: Sequence[str]) -> None
         if message.HasField(field):
             logger.warning("Layer '%s': %s.%s is deprecated and ignored, as in Caffe; set it "
                            "in transform_param", layer.name, message.DESCRIPTOR.name, field)
-
-
-def _h5py(layer: Layer) -> Any:
-    from caffe_ft.optional import h5py_module  # h5py is optional: only these layers need it
-    try:
-        return h5py_module()
-    except CaffeError as err:
-        raise layer.error(str(err)) from None
 
 
 class _SourceLayer(Layer):
@@ -191,7 +184,7 @@ class HDF5Data(_SourceLayer):
         logger.info("Loading list of HDF5 filenames from: %s", param.source)
         shard = train_shard() if self.phase == TRAIN else Shard()
         seed = seed_outside_caffe_rng() if param.shuffle else 0
-        self.rows = HDF5Rows(_h5py(self), param.source, list(self.param.top), param.batch_size,
+        self.rows = HDF5Rows(h5py, param.source, list(self.param.top), param.batch_size,
                              param.shuffle, seed, shard)
         logger.info("Number of HDF5 files: %d", len(self.rows.files))
         self.top_shapes = self.rows.top_shapes()
@@ -219,7 +212,7 @@ class HDF5Output(Layer):
     tops = (0, 0)
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
-        self.h5py = _h5py(self)
+        self.h5py = h5py
         self.file_name = self.param.hdf5_output_param.file_name
         try:
             self.h5py.File(self.file_name, "w").close()

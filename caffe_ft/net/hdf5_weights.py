@@ -1,5 +1,5 @@
 """HDF5 caffemodels (Caffe's snapshot_format: HDF5): /data/<layer>/<i>
-datasets, and /diff/<layer>/<i> when diffs are saved. Needs the optional h5py.
+datasets, and /diff/<layer>/<i> when diffs are saved.
 
 Reading yields each layer's blobs as sources for the one copy-by-name loop
 of caffe_ft.net.weights; writing walks the net's layers."""
@@ -15,7 +15,6 @@ import torch
 from caffe_ft.blobs import shape_string
 from caffe_ft.errors import CaffeError
 from caffe_ft.net.net import Net
-from caffe_ft.optional import h5py_module
 from caffe_ft.protofile import atomic_write
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -42,7 +41,7 @@ def read_hdf5_layers(path: str, wanted: dict[str, int]) -> Iterator[tuple[str, l
     """(layer name, its blobs) for every layer in the file; `wanted` gives
     how many blobs each net layer has (Caffe reads that many datasets, and a
     missing one is allowed only for a shared param, which we refuse)."""
-    h5py = h5py_module()
+    import h5py  # on first use: the tools that never touch HDF5 start faster
     with h5py.File(path, "r") as handle:
         data = handle["data"]
         for name in data:
@@ -63,7 +62,7 @@ def read_hdf5_layers(path: str, wanted: dict[str, int]) -> Iterator[tuple[str, l
 
 
 def save_hdf5_weights(net: Net, path: str | os.PathLike[str], write_diff: bool = False) -> None:
-    h5py = h5py_module()
+    import h5py  # on first use: the tools that never touch HDF5 start faster
     net.mirrors.push()
     with atomic_write(path) as handle:
         with h5py.File(handle, "w") as out:

@@ -65,8 +65,7 @@ def resolve_learned_net(state_path: str, learned_net: str) -> str:
 
 
 def _write_hdf5(path: str, state: SolverState) -> None:
-    from caffe_ft.optional import h5py_module
-    h5py = h5py_module()
+    import h5py
     with atomic_write(path) as handle, h5py.File(handle, "w") as out:
         # Caffe writes ints with H5LTmake_dataset_int: 1-D, one element.
         out.create_dataset("iter", data=np.array([state.iter], dtype=np.int32))
@@ -90,8 +89,7 @@ def _write_c_string(h5py, group, name: str, text: str) -> None:
 
 
 def _read_hdf5(path: str) -> SolverState:
-    from caffe_ft.optional import h5py_module
-    h5py = h5py_module()
+    import h5py
     if not os.path.isfile(path):
         raise CaffeError(f"Solver state not found: {path}")
     with h5py.File(path, "r") as handle:

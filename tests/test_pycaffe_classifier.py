@@ -1,4 +1,4 @@
-"""caffe.Classifier, caffe.Detector and Net.forward_all against real
+"""caffe.Classifier and caffe.Detector against real
 pycaffe's outputs (tests/fixtures/pycaffe/classifier, README.md there)."""
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 
 import caffe_ft as caffe
 from caffe_ft.errors import CaffeError
-from caffe_ft.pycaffe.batches import forward_all
 
 CASE = Path(__file__).parent / "fixtures" / "pycaffe" / "classifier"
 DEPLOY, WEIGHTS = str(CASE / "deploy.prototxt"), str(CASE / "weights.caffemodel")
@@ -136,21 +135,6 @@ def test_selective_search_windows_are_detected(detector: caffe.Detector, photos:
     assert asked == [([os.path.abspath(relative)], "selective_search_rcnn")]
     direct = detector.detect_windows([(photos[0], [[10, 20, 90, 120]])])
     np.testing.assert_array_equal(detections[0]["prediction"], direct[0]["prediction"])
-
-
-def test_forward_all_batches_and_drops_the_padding(detector: caffe.Detector) -> None:
-    rng = np.random.default_rng(3)
-    inputs = rng.uniform(-50, 50, size=(13, 3, 64, 64)).astype(np.float32)
-    outs = forward_all(detector, blobs=["fc"], data=inputs)
-    assert sorted(outs) == ["fc", "prob"] and outs["prob"].shape == (13, 5)
-    first = detector.forward(data=inputs[:10])["prob"].copy()
-    last = detector.forward(data=np.concatenate([inputs[10:], np.zeros((7, 3, 64, 64))]))
-    np.testing.assert_array_equal(outs["prob"], np.concatenate([first, last["prob"][:3]]))
-
-
-def test_forward_all_checks_its_inputs(detector: caffe.Detector) -> None:
-    with pytest.raises(CaffeError, match="net's inputs"):
-        forward_all(detector)
 
 
 def test_classifier_script_runs_unchanged(tmp_path: Path, photos: list[str]) -> None:

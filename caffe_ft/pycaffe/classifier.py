@@ -11,7 +11,6 @@ import numpy as np
 from caffe_ft import io
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
-from caffe_ft.pycaffe.batches import forward_all
 from caffe_ft.pycaffe.net import Net
 
 
@@ -72,7 +71,7 @@ class Classifier(Net):
             crops = resized[:, top:bottom, left:right, :]
         in_ = self.inputs[0]
         caffe_in = np.stack([self.transformer.preprocess(in_, crop) for crop in crops])
-        predictions = forward_all(self, **{in_: caffe_in})[self.outputs[0]]
+        predictions = self.forward_all(**{in_: caffe_in})[self.outputs[0]]
         if oversample:
             predictions = predictions.reshape(len(predictions) // 10, 10, -1).mean(1)
         return predictions

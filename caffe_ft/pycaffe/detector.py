@@ -14,7 +14,6 @@ import numpy as np
 from caffe_ft import io
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
-from caffe_ft.pycaffe.batches import forward_all
 from caffe_ft.pycaffe.classifier import input_transformer
 from caffe_ft.pycaffe.net import Net
 
@@ -54,7 +53,7 @@ class Detector(Net):
         # preprocess warps each window to the input size.
         caffe_in = np.stack([self.transformer.preprocess(in_, window)
                              for window in window_inputs])
-        predictions = iter(forward_all(self, **{in_: caffe_in})[self.outputs[0]])
+        predictions = iter(self.forward_all(**{in_: caffe_in})[self.outputs[0]])
         return [{"window": window, "prediction": next(predictions), "filename": filename}
                 for filename, windows in images_windows for window in windows]
 

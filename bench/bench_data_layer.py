@@ -6,7 +6,9 @@ then times a TRAIN Data layer as GoogLeNet's train_val uses it: batch 32,
 crop_size 224, mirror, mean_value 104/117/123. Two runs in one process:
 (a) the default worker count, (b) no workers (batches built in the calling
 process on demand, Caffe's work without its prefetch thread). Worker start-up
-and the first batches are excluded (--warmup).
+and the first batches are excluded (--warmup). Each run also reports the CPU
+time the main process spends per batch, which a busy machine disturbs less
+than the rates.
 
 With --googlenet PATH (e.g. Caffe's models/bvlc_googlenet/train_val.prototxt)
 it also times one forward+backward of that net at batch 32 on this machine's
@@ -72,20 +74,21 @@ def make_db(path: Path, count: int) -> float:
 
 
 def batches_per_second(source: Path, workers: int, warmup: int, batches: int,
-                       step_s: float) -> float:
-    """Forward passes of the Data layer per second; each pass is followed by
-    `step_s` of idle waiting, standing for a GPU iteration that leaves the CPU
-    free (prefetch overlaps it, in-process reading does not)."""
+                       step_s: float) -> tuple[float, float]:
+    """Forward passes of the Data layer per second, and the CPU seconds this
+    process (all its threads, not the workers) spends per pass; each pass is
+    followed by `step_s` of idle waiting, standing for a GPU iteration that
+    leaves the CPU free (prefetch overlaps it, in-process reading does not)."""
     os.environ[WORKERS_ENV] = str(workers)
     net = Net(parse_text(LAYER.format(source=source, batch=BATCH), caffe_pb2.NetParameter()),
               caffe_pb2.TRAIN)
     for _ in range(warmup):  # starts the workers and fills their queues
         net.forward()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         net.forward()
         time.sleep(step_s)
-    return batches / (time.perf_counter() - start)
+    return batches / (time.perf_counter() - start), (time.process_time() - cpu) / batches
 
 
 def googlenet_iteration(path: Path, repeats: int = 2) -> float:
@@ -124,16 +127,19 @@ def main() -> None:
         (work / "db" / "data.mdb").read_bytes()  # both runs read from the page cache
         workers = args.workers or default_workers()
         step_s = args.step_ms / 1000
-        prefetched = batches_per_second(work / "db", workers, args.warmup, args.batches, step_s)
-        alone = batches_per_second(work / "db", 0, args.warmup, args.batches, step_s)
+        prefetched, prefetched_cpu = batches_per_second(work / "db", workers, args.warmup,
+                                                        args.batches, step_s)
+        alone, alone_cpu = batches_per_second(work / "db", 0, args.warmup, args.batches, step_s)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         print(f"{args.count} JPEGs ~256x256 (mean {jpeg_bytes / 1024:.1f} KiB), batch {BATCH}, "
               f"crop 224 + mirror, {cpus} CPUs, torch threads {torch.get_num_threads()}, "
               f"{args.step_ms:g} ms idle per pass")
         print(f"prefetch, {workers} worker(s): {prefetched:7.2f} batches/s "
-              f"({1000 / prefetched:6.1f} ms/batch, {prefetched * BATCH:7.1f} images/s)")
+              f"({1000 / prefetched:6.1f} ms/batch, {prefetched * BATCH:7.1f} images/s; "
+              f"main process CPU {1000 * prefetched_cpu:5.2f} ms/batch)")
         print(f"no prefetch (in-process) : {alone:7.2f} batches/s "
-              f"({1000 / alone:6.1f} ms/batch, {alone * BATCH:7.1f} images/s)")
+              f"({1000 / alone:6.1f} ms/batch, {alone * BATCH:7.1f} images/s; "
+              f"main process CPU {1000 * alone_cpu:5.2f} ms/batch)")
         print(f"speed-up                 : {prefetched / alone:7.2f}x")
         if args.googlenet:
             seconds = googlenet_iteration(args.googlenet)

@@ -3,6 +3,8 @@ order, payloads through shared arenas, errors and deaths reported, and no
 worker outliving a main process that is SIGKILLed."""
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from caffe_ft.data import workers
 from caffe_ft.data.workers import Arena, OrderedWorkers, Region
 from caffe_ft.errors import CaffeError
 
@@ -82,6 +85,31 @@ def test_worker_errors_and_deaths_reach_the_main_process() -> None:
             list(pool.map(range(40), 2))
     finally:
         pool.close()
+
+
+def test_a_failure_comes_after_the_results_before_it() -> None:
+    pool = OrderedWorkers(_square_unless, 17, 3, "test")
+    got = []
+    try:
+        with pytest.raises(CaffeError, match="item 17 is bad"):
+            for result, _ in pool.map(itertools.count(), 1):
+                got.append(result)
+    finally:
+        pool.close()
+    assert got == [i * i for i in range(17)]
+
+
+def test_without_fork_payloads_travel_through_the_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on platforms other than Linux: spawned workers, arenas without room.
+    monkeypatch.setattr(workers, "_process_context", lambda: multiprocessing.get_context("spawn"))
+    pool = OrderedWorkers(_sized_payload, None, 2, "test", arena_bytes=100)
+    sizes = [0, 30, 60, 99]
+    try:
+        got = [payload for (payload, _), _ in pool.map(sizes, 2)]
+    finally:
+        pool.close()
+    # Only the empty payload fits.
+    assert got == [Region(0, 0)] + [bytes([size % 251]) * size for size in sizes[1:]]
 
 
 # A main process that starts a pool (from its main thread, or another one),

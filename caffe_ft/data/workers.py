@@ -49,7 +49,7 @@ _JOIN_SECONDS = 5.0
 # linux/prctl.h: deliver a signal to this process when its parent thread ends.
 _PR_SET_PDEATHSIG = 1
 # What a chunk sent without an arena reads its regions from: nothing.
-_NO_MEMORY = memoryview(b"")
+_NO_MEMORY = memoryview(bytearray())
 # The main process's ends of every live pool's pipes. A forked worker closes
 # them all: one left open in any worker keeps a worker from seeing EOF, and
 # so from ending, when the main process dies.

@@ -271,6 +271,8 @@ class OrderedWorkers(Generic[C, T, R]):
 
 def _serve(conn: Connection, func: Callable[[C, T, Arena], R], context: C,
            arenas: list[mmap.mmap], parent: int, death_signal: bool) -> None:
+    # The main process's pipe ends, this worker's own among them, came along
+    # with the fork.
     for other in _PARENT_ENDS:
         other.close()
     _PARENT_ENDS.clear()

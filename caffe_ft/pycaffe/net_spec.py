@@ -147,8 +147,9 @@ class Function:
         try:
             assign_proto(layer, key, value)
         except AttributeError as err:
+            where = f"{prefix}_param nor of the layer" if prefix else "the layer"
             raise UnknownField(f"{self.type_name} layer '{layer.name}': keyword '{key}' is no "
-                               f"field of {prefix or 'its'}_param nor of the layer: {err}") from err
+                               f"field of {where}: {err}") from err
 
 
 def _autoname(type_name: str, autonames: Counter[str]) -> str:

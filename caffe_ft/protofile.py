@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,14 @@ from google.protobuf.message import DecodeError, Message
 from caffe_ft.errors import CaffeError
 
 M = TypeVar("M", bound=Message)
+# Deeper than any caffe.proto file needs, and protobuf's own limit for binary
+# messages (io::CodedInputStream's default recursion limit).
+MAX_NESTING = 100
+# protobuf's Python wording for a non-repeated field given twice.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_VALUE_START = re.compile(r"[A-Za-z0-9_\"'+.-]")
+_REPEATED_SINGULAR = re.compile(
+    r'Message type "(?P<owner>[^"]+)" should not have multiple "(?P<field>[^"]+)" fields\.')
 PathLike = str | os.PathLike[str]
 
 
@@ -58,8 +67,18 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
 
 
 def parse_text(text: str, message: M, source: str = "<text>") -> M:
-    """Parse prototxt `text` into `message`, with Caffe-style errors naming `source`."""
-    unknown = _unknown_fields(text, message.DESCRIPTOR)
+    """Parse prototxt `text` into `message`, with Caffe-style errors naming `source`.
+
+    Syntax is checked first, so a stray brace is reported as the syntax error
+    it is; only a well-formed field name the schema lacks counts as a fork field.
+    Parsing is protobuf's strict Parse, as Caffe's ReadProtoFromTextFile
+    (TextFormat::Parse): a non-repeated field given twice is an error, where
+    Merge would silently keep the last value."""
+    _check_nesting(text, source)
+    try:
+        unknown = _unknown_fields(text, message.DESCRIPTOR)
+    except text_format.ParseError as err:
+        raise _located(_first_error(text, message, err), text, source) from None
     if unknown:
         lines: dict[tuple[str, str], list[str]] = {}
         for line, name, owner in unknown:
@@ -69,17 +88,64 @@ def parse_text(text: str, message: M, source: str = "<text>") -> M:
         raise CaffeError(
             f"{source}: {len(lines)} field(s) not in BVLC caffe.proto, probably from a Caffe "
             f"fork: {listed}")
+    return _parse(text, message, source)
+
+
+def _parse(text: str, message: M, source: str) -> M:
     try:
-        text_format.Merge(text, message)
+        text_format.Parse(text, message)
     except text_format.ParseError as err:
-        line, col = err.GetLine(), err.GetColumn()
-        token = _token_at(text, line, col)
-        detail = str(err)
-        if line and detail.startswith(f"{line}:"):
-            detail = detail.split(" : ", 1)[-1]
-        where = f"{source}:{line}:{col}" if line else source
-        raise CaffeError(f"{where}: {detail} (at '{token}')") from None
+        raise _located(err, text, source) from None
     return message
+
+
+def _first_error(text: str, message: Message,
+                 found: text_format.ParseError) -> text_format.ParseError:
+    """protobuf's reason for the first error in `text` (which may lie before
+    the syntax error the scan `found`, e.g. a bad value), where protobuf can
+    place it on a line; else the scan's."""
+    try:
+        text_format.Parse(text, message, allow_unknown_field=True)
+    except text_format.ParseError as err:
+        if err.GetLine():
+            return err
+    return found
+
+
+def _check_nesting(text: str, source: str) -> None:
+    """Refuse blocks nested deeper than MAX_NESTING before the recursive
+    parsers see them, which would otherwise die with a RecursionError."""
+    tok = text_format.Tokenizer(_lines(text))
+    depth = 0
+    while not tok.AtEnd():
+        if tok.token in ("{", "<"):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise CaffeError(f"{source}:{tok._line + 1}:{tok._column + 1}: blocks nested "
+                                 f"deeper than {MAX_NESTING} levels")
+        elif tok.token in ("}", ">"):
+            depth -= 1
+        tok.NextToken()
+
+
+def _located(err: text_format.ParseError, text: str, source: str) -> CaffeError:
+    """protobuf's ParseError as "<source>:<line>:<col>: <reason> (at '<token>')",
+    in Caffe's words where they differ."""
+    line, col = err.GetLine(), err.GetColumn()
+    detail = str(err)
+    if line and detail.startswith(f"{line}:"):
+        detail = detail.split(" : ", 1)[-1]
+    lines = _lines(text)
+    if line and 1 <= line <= len(lines):
+        # The tokenizer prefixes some reasons with the whole offending line.
+        detail = detail.removeprefix(f"'{lines[line - 1]}': ")
+    repeated = _REPEATED_SINGULAR.fullmatch(detail)
+    if repeated:
+        detail = (f'Non-repeated field "{repeated["field"]}" is specified multiple times '
+                  f'(in {repeated["owner"]})')
+    if not line:
+        return CaffeError(f"{source}: {detail}")
+    return CaffeError(f"{source}:{line}:{col}: {detail} (at '{_token_at(text, line, col)}')")
 
 
 def read_text(path: PathLike, message: M, what: str = "File") -> M:
@@ -120,9 +186,14 @@ def write_binary(path: PathLike, message: Message) -> None:
         handle.write(message.SerializeToString())
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as protobuf's text parser numbers them: split at "\\n" only."""
+    return text.split("\n")
+
+
 def _token_at(text: str, line: int, col: int) -> str:
     """The token starting at 1-based (line, col), for error messages."""
-    lines = text.splitlines()
+    lines = _lines(text)
     if not 1 <= line <= len(lines):
         return "<end of file>"
     rest = lines[line - 1][max(col - 1, 0):].strip()
@@ -134,9 +205,13 @@ def _token_at(text: str, line: int, col: int) -> str:
 def _unknown_fields(text: str, descriptor: Descriptor) -> list[tuple[int, str, str]]:
     """Every field name that `descriptor` (recursively) does not know, as
     (line, field, message type), so fork files fail with one complete message.
-    A syntax error stops the scan; the real parser then reports it."""
+    Braces, field names and value tokens are checked as it goes: a stray
+    brace or colon raises ParseError instead of passing for a field name."""
     found: list[tuple[int, str, str]] = []
-    tok = text_format.Tokenizer(text.splitlines(keepends=True))
+    tok = text_format.Tokenizer(_lines(text))
+
+    def fail(reason: str) -> text_format.ParseError:
+        return text_format.ParseError(reason, tok._line + 1, tok._column + 1)
 
     def skip_value() -> None:
         if tok.TryConsume("{") or tok.TryConsume("<"):
@@ -144,43 +219,47 @@ def _unknown_fields(text: str, descriptor: Descriptor) -> list[tuple[int, str, s
         elif tok.TryConsume("["):
             while not tok.TryConsume("]"):
                 if tok.AtEnd():
-                    raise text_format.ParseError("unterminated list")
+                    raise fail('Expected "]"')
                 skip_value()
                 tok.TryConsume(",")
-        else:
+        elif _VALUE_START.match(tok.token):
             tok.NextToken()
             while tok.token[:1] in ("'", '"'):  # adjacent string literals concatenate
                 tok.NextToken()
+        else:
+            raise fail(f"Expected a value, got {tok.token or 'end of file'}")
+
+    def field_name() -> tuple[int, str]:
+        if not _IDENTIFIER.fullmatch(tok.token):
+            raise fail(f"Expected a field name, got {tok.token or 'end of file'}")
+        line, name = tok._line + 1, tok.token
+        tok.NextToken()
+        return line, name
 
     def skip_block() -> None:
         while not (tok.TryConsume("}") or tok.TryConsume(">")):
-            if tok.AtEnd():
-                raise text_format.ParseError("unterminated block")
-            tok.NextToken()
+            field_name()
             tok.TryConsume(":")
             skip_value()
             tok.TryConsume(",") or tok.TryConsume(";")
 
     def walk(desc: Descriptor, nested: bool) -> None:
-        while not tok.AtEnd():
+        while nested or not tok.AtEnd():
             if nested and (tok.TryConsume("}") or tok.TryConsume(">")):
                 return
-            line, name = tok._line + 1, tok.token
-            tok.NextToken()
+            line, name = field_name()
             field = desc.fields_by_name.get(name)
             tok.TryConsume(":")
             if field is None:
                 found.append((line, name, desc.name))
                 skip_value()
-            elif field.type == FieldDescriptor.TYPE_MESSAGE and (
-                    tok.TryConsume("{") or tok.TryConsume("<")):
+            elif field.type != FieldDescriptor.TYPE_MESSAGE or tok.token == "[":
+                skip_value()
+            elif tok.TryConsume("{") or tok.TryConsume("<"):
                 walk(field.message_type, True)
             else:
-                skip_value()
+                raise fail(f'Expected "{{" after {name}')
             tok.TryConsume(",") or tok.TryConsume(";")
 
-    try:
-        walk(descriptor, False)
-    except text_format.ParseError:
-        pass
+    walk(descriptor, False)
     return found

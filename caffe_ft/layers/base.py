@@ -9,6 +9,7 @@ derivative of its forward uses a torch.autograd.Function for it.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,9 @@ from caffe_ft.proto import caffe_pb2
 Shape = tuple[int, ...]
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
+# Caffe's Blob holds its count in an int: Blob::Reshape refuses more values
+# ("blob size exceeds INT_MAX").
+BLOB_MAX_COUNT = 2**31 - 1
 
 
 class Layer(nn.Module):
@@ -91,7 +95,7 @@ class Layer(nn.Module):
         """Append a parameter blob, filled by Caffe's filler (default constant 0).
         A blob given inline in the prototxt (`blobs {}`) replaces the fill."""
         index = len(self.blobs)
-        data = torch.zeros(tuple(int(d) for d in shape), dtype=torch.float32)
+        data = self.zeros(shape, f"parameter blob {index}")
         if index < len(self.param.blobs):
             from caffe_ft.blobs import blob_proto_to_tensor
             inline = blob_proto_to_tensor(self.param.blobs[index])
@@ -104,6 +108,26 @@ class Layer(nn.Module):
         blob = nn.Parameter(data, requires_grad=trainable)
         self.blobs.append(blob)
         return blob
+
+    def zeros(self, shape: Sequence[int], what: str, device: torch.device | str = "cpu",
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A zero float blob of `shape`, checked as Caffe's Blob::Reshape checks
+        it; a failed allocation names this layer, the blob, its bytes and the
+        device instead of surfacing as torch's allocator error."""
+        dims = tuple(int(d) for d in shape)
+        if any(d < 0 for d in dims):
+            raise self.error(f"{what} has a negative dimension: shape {list(dims)}")
+        count = math.prod(dims)
+        if count > BLOB_MAX_COUNT:
+            raise self.error(f"{what} of shape {list(dims)} has {count} values: blob size "
+                             f"exceeds INT_MAX")
+        try:
+            return torch.zeros(dims, dtype=dtype, device=device)
+        except RuntimeError as err:  # torch.OutOfMemoryError is one too
+            if "alloc" not in str(err).lower():
+                raise
+            raise self.error(f"cannot allocate {what} of shape {list(dims)}: {count * dtype.itemsize} bytes "
+                             f"on {torch.device(device)} (out of memory)") from None
 
     def error(self, message: str) -> CaffeError:
         return CaffeError(f"Layer '{self.name}' ({self.param.type}): {message}")

@@ -312,7 +312,7 @@ class DummyData(Layer):
                                  f"{', '.join(KNOWN_FILLERS)})")
         self.fillers = fillers
         for j, shape in enumerate(self._shapes(param, count)):
-            self.register_buffer(f"top{j}", torch.zeros(shape))
+            self.register_buffer(f"top{j}", self.zeros(shape, f"top {j}"))
             if self.filler(j).type == "constant":
                 fill(self.persistent_top(j), self.filler(j))
 

@@ -23,7 +23,7 @@ class Input(Layer):
                              f"got {len(shapes)}")
         for j in range(num_tops):
             dims = shapes[0 if len(shapes) == 1 else j].dim if shapes else ()
-            self.register_buffer(f"top{j}", torch.zeros(tuple(int(d) for d in dims)))
+            self.register_buffer(f"top{j}", self.zeros(dims, f"top {j}"))
 
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         return [tuple(self.top_buffer(j).shape) for j in range(len(self.param.top))]
@@ -36,7 +36,7 @@ class Input(Layer):
 
     def reshape_persistent_top(self, index: int, shape: Shape) -> None:
         old = self.top_buffer(index)
-        setattr(self, f"top{index}", torch.zeros(shape, dtype=old.dtype, device=old.device))
+        setattr(self, f"top{index}", self.zeros(shape, f"top {index}", old.device, old.dtype))
 
     def forward(self) -> list[torch.Tensor]:
         return [self.top_buffer(j) for j in range(len(self.param.top))]

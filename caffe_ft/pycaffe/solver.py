@@ -207,7 +207,7 @@ class SGDSolver(Solver):
     def lr(self) -> float:
         """The rate the next update uses (SGDSolver::GetLearningRate)."""
         core = self._solver
-        return learning_rate(core.param, core.iter, core.current_step).rate
+        return learning_rate(core.param, core.iter, core.current_step).value
 
 
 class NesterovSolver(SGDSolver):

@@ -439,3 +439,62 @@ def test_fcn_solve_flow(tmp_path: Path) -> None:
     np.testing.assert_array_equal(np.load(tmp_path / "after_copy.npy"),
                                   pretrained["conv1"][0])
     assert not np.array_equal(final["conv1"][0], pretrained["conv1"][0])
+
+
+# BVLC's python/train.py calls, on the CPU with two processes.
+NCCL_SCRIPT = """
+import multiprocessing
+import sys
+import numpy as np
+import caffe
+
+def solve(proto, uid, rank):
+    caffe.set_mode_cpu()
+    caffe.set_solver_count(2)
+    caffe.set_solver_rank(rank)
+    caffe.set_multiprocess(True)
+    solver = caffe.SGDSolver(proto)
+    batch = np.load('batch.npz')
+    solver.net.blobs['data'].data[...] = batch['data'][8 * rank:8 * rank + 8]
+    solver.net.blobs['label'].data[...] = batch['label'][8 * rank:8 * rank + 8]
+    nccl = caffe.NCCL(solver, uid)
+    nccl.bcast()
+    solver.add_callback(nccl)
+    solver.step(3)
+    solver.net.save('rank%d.caffemodel' % rank)
+
+if __name__ == '__main__':
+    uid = caffe.NCCL.new_uid()
+    procs = [multiprocessing.Process(target=solve, args=(sys.argv[1], uid, rank))
+             for rank in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    sys.exit(max(p.exitcode for p in procs))
+"""
+
+
+def test_nccl_averages_the_processes_gradients(tmp_path: Path) -> None:
+    """Two processes of batch 8 joined by caffe.NCCL train as one process of
+    batch 16 (SoftmaxWithLoss averages over the batch)."""
+    rng = np.random.default_rng(1)
+    data, label = rng.standard_normal((16, 5)), rng.integers(0, 3, 16)
+    np.savez(tmp_path / "batch.npz", data=data, label=label)
+    path = write_solver(tmp_path, TINY_SOLVER)
+    script = tmp_path / "train.py"
+    script.write_text(NCCL_SCRIPT)
+    run_script(script, str(path), pythonpath=tmp_path)
+    single = tmp_path / "single"
+    single.mkdir()
+    whole = pycaffe.SGDSolver(str(write_solver(
+        single, TINY_SOLVER, TINY_NET.replace("dim: 8 dim: 5", "dim: 16 dim: 5")
+        .replace("shape { dim: 8 }", "shape { dim: 16 }"))))
+    whole.net.blobs["data"].data[...] = data
+    whole.net.blobs["label"].data[...] = label
+    whole.step(3)
+    ranks = [read_model(tmp_path / f"rank{r}.caffemodel") for r in range(2)]
+    for name, blobs in whole.net.params.items():
+        for j, blob in enumerate(blobs):
+            np.testing.assert_array_equal(ranks[0][name][j], ranks[1][name][j])
+            np.testing.assert_allclose(ranks[0][name][j], blob.data, rtol=1e-5, atol=1e-7)

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from caffe_ft.cli import main
 from caffe_ft.data.prefetch import WORKERS_ENV
 from caffe_ft.errors import CaffeError
 from caffe_ft.pycaffe import solver as pycaffe

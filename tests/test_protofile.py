@@ -114,3 +114,61 @@ def test_atomic_write_into_a_missing_folder_is_a_user_error(tmp_path: Path) -> N
     target = tmp_path / "nope" / "out.prototxt"
     with pytest.raises(CaffeError, match=re.escape(f"folder {target.parent} does not exist")):
         write_text(target, caffe_pb2.NetParameter())
+
+
+@pytest.mark.parametrize("text, line, column", [
+    ('layer {\n  name: "a"\n}\n}\n', 4, 1),  # an extra closing brace
+    ('layer\n  name: "a"\n}\n', 2, 3),  # a missing opening brace
+    ('layer {\n  name "a"\n}\n', 2, 8),  # a missing colon before a string
+])
+def test_stray_brace_or_colon_is_a_syntax_error_not_a_fork_field(
+        text: str, line: int, column: int) -> None:
+    with pytest.raises(CaffeError) as err:
+        parse_text(text, caffe_pb2.NetParameter(), "bad.prototxt")
+    message = str(err.value)
+    assert message.startswith(f"bad.prototxt:{line}:{column}: Expected ")
+    assert "fork" not in message
+
+
+def test_syntax_error_after_a_fork_field_is_reported_as_the_syntax_error() -> None:
+    text = 'layer {\n  bn_param { frozen: true }\n}\n}\n'
+    with pytest.raises(CaffeError) as err:
+        parse_text(text, caffe_pb2.NetParameter(), "bad.prototxt")
+    assert str(err.value).startswith("bad.prototxt:4:1: ")
+    assert "fork" not in str(err.value)
+
+
+def test_non_repeated_field_given_twice_is_refused_with_its_line() -> None:
+    # Caffe's TextFormat::Parse refuses this; protobuf's Merge would keep 7.
+    text = ('layer {\n  name: "ip"\n  type: "InnerProduct"\n'
+            '  inner_product_param {\n    num_output: 20\n    num_output: 7\n  }\n}\n')
+    with pytest.raises(CaffeError) as err:
+        parse_text(text, caffe_pb2.NetParameter(), "dup.prototxt")
+    message = str(err.value)
+    assert message.startswith("dup.prototxt:6:")
+    assert 'Non-repeated field "num_output" is specified multiple times' in message
+
+
+def test_repeated_fields_may_repeat() -> None:
+    net = parse_text('layer { name: "a" top: "x" top: "y" }\nlayer { name: "b" }\n',
+                     caffe_pb2.NetParameter())
+    assert [layer.name for layer in net.layer] == ["a", "b"]
+    assert list(net.layer[0].top) == ["x", "y"]
+
+
+def test_nesting_past_the_limit_names_file_and_line() -> None:
+    from caffe_ft.protofile import MAX_NESTING
+    text = 'name: "n"\n' + "x { " * 1000 + "}" * 1000 + "\n"
+    with pytest.raises(CaffeError) as err:
+        parse_text(text, caffe_pb2.NetParameter(), "deep.prototxt")
+    column = 4 * MAX_NESTING + 3  # the opening brace that passes the limit
+    assert str(err.value) == (f"deep.prototxt:2:{column}: blocks nested deeper than "
+                              f"{MAX_NESTING} levels")
+
+
+def test_nesting_up_to_the_limit_reaches_the_parser() -> None:
+    from caffe_ft.protofile import MAX_NESTING
+    # Within the limit, the (unknown) field is reported, not the depth.
+    text = "x { " * MAX_NESTING + "}" * MAX_NESTING + "\n"
+    with pytest.raises(CaffeError, match=r"1 field\(s\) not in BVLC caffe.proto.*NetParameter.x"):
+        parse_text(text, caffe_pb2.NetParameter(), "deep.prototxt")

@@ -1,0 +1,23 @@
+"""A small seeded fuzz run (bench/fuzz.py runs the long one): 200 mutated
+net and solver prototxts, caffemodels and solverstates each run normally
+or end in one CaffeError line, with no other exception, hang, crash or
+file left behind."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from fuzz_kinds import KINDS
+from fuzz_runner import BAD_OUTCOMES, plan, run_fuzz
+
+
+def test_200_mutants_end_in_a_caffe_error_or_run(tmp_path: Path) -> None:
+    results = run_fuzz(plan(200, 20260412, sorted(KINDS)), tmp_path, workers=2, timeout=60.0)
+    assert len(results) == 200
+    findings = [f"{r.outcome} {r.job} {list(r.mutations)}: {r.error} {r.message}"
+                for r in results if r.outcome in BAD_OUTCOMES]
+    assert findings == []
+    # Both ends are exercised for every kind: some mutants still work, some are refused.
+    outcomes = Counter((r.job.kind, r.outcome) for r in results)
+    for kind in KINDS:
+        assert outcomes[kind, "ok"] > 0 and outcomes[kind, "caffe_error"] > 0, outcomes

@@ -1,0 +1,76 @@
+"""Bad input ends in one CaffeError line naming the layer (issue 12): blobs too
+big for Caffe's int count, negative dimensions, and allocations that fail."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from caffe_ft.errors import CaffeError
+from caffe_ft.layers.base import BLOB_MAX_COUNT
+from caffe_ft.net import Net
+from caffe_ft.proto import caffe_pb2
+from caffe_ft.protofile import parse_text
+
+
+def _input(*dims: int) -> str:
+    shape = " ".join(f"dim: {d}" for d in dims)
+    return f'layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ {shape} }} }} }}\n'
+
+
+def _build(text: str) -> Net:
+    return Net(parse_text(text, caffe_pb2.NetParameter()), caffe_pb2.TEST, source="net.prototxt")
+
+
+def test_huge_input_top_names_the_layer() -> None:
+    with pytest.raises(CaffeError) as err:
+        _build(_input(1000000, 1000000))
+    assert str(err.value) == (f"Layer 'in' (Input): top 0 of shape [1000000, 1000000] has "
+                              f"{1000000 * 1000000} values: blob size exceeds INT_MAX")
+
+
+def test_negative_input_dimension_names_the_layer() -> None:
+    with pytest.raises(CaffeError, match=r"^Layer 'in' \(Input\): top 0 has a negative "
+                                         r"dimension: shape \[1, -3\]$"):
+        _build(_input(1, -3))
+
+
+def test_parameter_blob_over_int_max_names_the_layer() -> None:
+    conv = ('layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 2000000000 kernel_size: 5 } }\n')
+    with pytest.raises(CaffeError) as err:
+        _build(_input(1, 1, 8, 8) + conv)
+    count = 2000000000 * 25
+    assert count > BLOB_MAX_COUNT
+    assert str(err.value) == (f"Layer 'conv' (Convolution): parameter blob 0 of shape "
+                              f"[2000000000, 1, 5, 5] has {count} values: blob size exceeds "
+                              f"INT_MAX")
+
+
+def test_failed_allocation_names_layer_bytes_and_device() -> None:
+    # Under INT_MAX values but 7.7 GB: with a 3 GiB address-space limit the
+    # allocator fails for real, in a child so this process keeps its memory.
+    script = textwrap.dedent(f"""
+        import resource
+        from caffe_ft.errors import CaffeError
+        from caffe_ft.net import Net
+        from caffe_ft.proto import caffe_pb2
+        from caffe_ft.protofile import parse_text
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+        text = {_input(1, 1, 8, 8)!r} + (
+            'layer {{ name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+            'inner_product_param {{ num_output: 30000000 }} }}')
+        try:
+            Net(parse_text(text, caffe_pb2.NetParameter()), caffe_pb2.TEST)
+        except CaffeError as err:
+            print(err)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    weights = [30000000, 1 * 8 * 8]  # num_output x the flattened input
+    assert run.stdout.strip() == (f"Layer 'ip' (InnerProduct): cannot allocate parameter blob 0 "
+                                  f"of shape {weights}: {weights[0] * weights[1] * 4} bytes on "
+                                  f"cpu (out of memory)")

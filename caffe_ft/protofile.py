@@ -136,9 +136,10 @@ def _located(err: text_format.ParseError, text: str, source: str) -> CaffeError:
     if line and detail.startswith(f"{line}:"):
         detail = detail.split(" : ", 1)[-1]
     lines = _lines(text)
-    if line and 1 <= line <= len(lines):
-        # The tokenizer prefixes some reasons with the whole offending line.
-        detail = detail.removeprefix(f"'{lines[line - 1]}': ")
+    # The tokenizer prefixes some reasons with the line it is on (empty at the end).
+    current = [lines[line - 1]] if line and 1 <= line <= len(lines) else []
+    for prefix in current + [""]:
+        detail = detail.removeprefix(f"'{prefix}': ")
     repeated = _REPEATED_SINGULAR.fullmatch(detail)
     if repeated:
         detail = (f'Non-repeated field "{repeated["field"]}" is specified multiple times '

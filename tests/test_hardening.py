@@ -1,18 +1,24 @@
-"""Bad input ends in one CaffeError line naming the layer (issue 12): blobs too
-big for Caffe's int count, negative dimensions, and allocations that fail."""
+"""Bad input ends in one CaffeError line naming the layer or file (issue 12):
+blobs too big for Caffe's int count, negative dimensions, allocations that
+fail, a train net with no layers, a model given where a solver state belongs."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.base import BLOB_MAX_COUNT
 from caffe_ft.net import Net
+from caffe_ft.net.weights import save_caffemodel
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
+from caffe_ft.solver import Solver
+from caffe_ft.solver.state import read_state
 
 
 def _input(*dims: int) -> str:
@@ -74,3 +80,35 @@ def test_failed_allocation_names_layer_bytes_and_device() -> None:
     assert run.stdout.strip() == (f"Layer 'ip' (InnerProduct): cannot allocate parameter blob 0 "
                                   f"of shape {weights}: {weights[0] * weights[1] * 4} bytes on "
                                   f"cpu (out of memory)")
+
+
+@pytest.mark.parametrize("net_text, state", [
+    ("", "phase TRAIN"),
+    ('name: "n"\nlayer { name: "in" type: "Input" top: "data" include { phase: TEST } '
+     'input_param { shape { dim: 1 } } }\n', "phase TRAIN"),
+])
+def test_train_net_without_layers_is_refused_naming_the_file(
+        tmp_path: Path, net_text: str, state: str) -> None:
+    (tmp_path / "empty.prototxt").write_text(net_text)
+    (tmp_path / "old_iter_5.caffemodel").write_bytes(b"earlier weights")
+    param = caffe_pb2.SolverParameter(net=str(tmp_path / "empty.prototxt"), base_lr=0.1,
+                                      lr_policy="fixed", max_iter=1,
+                                      snapshot_prefix=str(tmp_path / "old"))
+    with pytest.raises(CaffeError) as err:
+        Solver(param)
+    assert str(err.value) == (f"{tmp_path / 'empty.prototxt'}: the train net has no layers "
+                              f"for its state ({state}): nothing to train")
+    # Nothing was trained, so nothing was snapshotted over the earlier model.
+    assert sorted(os.listdir(tmp_path)) == ["empty.prototxt", "old_iter_5.caffemodel"]
+
+
+def test_caffemodel_given_as_solver_state_says_a_solverstate_is_expected(tmp_path: Path) -> None:
+    net = Net(parse_text(_input(2, 3) + 'layer { name: "ip" type: "InnerProduct" bottom: "data" '
+                         'top: "ip" inner_product_param { num_output: 2 } }',
+                         caffe_pb2.NetParameter()), caffe_pb2.TRAIN)
+    model = tmp_path / "x.caffemodel"
+    save_caffemodel(net, model)
+    with pytest.raises(CaffeError) as err:
+        read_state(str(model))
+    assert str(err.value).startswith(f"{model} is a trained model (a NetParameter with 2 layers), "
+                                     f"not a solver state: -snapshot expects the .solverstate")

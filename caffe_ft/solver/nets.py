@@ -7,6 +7,9 @@ Test nets: every test_net_param, then every test_net file, then copies of
 net/net_param for the remaining test_iter entries; state {phase: TEST} ⊕
 the net's state ⊕ test_state[i]. Net files are read relative to the working
 folder as Caffe does, or else relative to the solver file.
+
+One deliberate difference: a train net with no layers (an empty file, or
+every layer excluded from TRAIN) is refused, where Caffe trains it as a no-op.
 """
 from __future__ import annotations
 
@@ -140,8 +143,19 @@ def build_train_net(param: caffe_pb2.SolverParameter, solver_dir: str) -> Net:
     source = train_net_source(param, solver_dir)
     logger.info("%s", source.description)
     net = Net(source.param, source=source.path)
+    if not net.layers:
+        # Caffe would run this as a no-op (loss 0, nothing updated) and write
+        # a snapshot holding only the net's name over any earlier one; an empty
+        # or wholly filtered-out train net is always a mistake, so refuse it.
+        raise CaffeError(f"{source.path}: the train net has no layers for its state "
+                         f"(phase TRAIN{_stages(net.state)}): nothing to train")
     load_weights(net, split_weights(param.weights), solver_dir)
     return net
+
+
+def _stages(state: caffe_pb2.NetState) -> str:
+    return (f", level {state.level}" if state.level else "") + "".join(
+        f", stage '{stage}'" for stage in state.stage)
 
 
 def build_test_nets(param: caffe_pb2.SolverParameter, solver_dir: str) -> list[Net]:

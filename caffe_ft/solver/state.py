@@ -48,8 +48,25 @@ def read_state(path: str) -> SolverState:
     if is_hdf5_state(path):
         return _read_hdf5(path)
     proto = read_binary(path, caffe_pb2.SolverState(), "Solver state")
+    if not proto.history and not proto.learned_net:
+        _refuse_model(path)
     return SolverState(proto.iter, proto.learned_net, proto.current_step,
                        [blob_proto_to_array(blob) for blob in proto.history])
+
+
+def _refuse_model(path: str) -> None:
+    """A .caffemodel given where a state belongs parses as an empty SolverState
+    (their field numbers overlap); say so instead of failing later on the
+    history's length."""
+    try:
+        model = read_binary(path, caffe_pb2.NetParameter())
+    except CaffeError:
+        return
+    if model.layer or model.layers:
+        raise CaffeError(f"{path} is a trained model (a NetParameter with "
+                         f"{len(model.layer) or len(model.layers)} layers), not a solver state: "
+                         f"-snapshot expects the .solverstate written beside it; pass a model "
+                         f"with -weights instead")
 
 
 def resolve_learned_net(state_path: str, learned_net: str) -> str:

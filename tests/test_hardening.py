@@ -1,6 +1,7 @@
 """Bad input ends in one CaffeError line naming the layer or file (issue 12):
 blobs too big for Caffe's int count, negative dimensions, allocations that
-fail, a train net with no layers, a model given where a solver state belongs."""
+fail, a train net with no layers, a model given where a solver state belongs,
+and a loss gone NaN (warned, and with -stop_on_nan the run stops)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+from solver_helpers import TINY_NET, captured_log, make_solver, solver_param, weights
 
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.base import BLOB_MAX_COUNT
@@ -17,7 +20,7 @@ from caffe_ft.net import Net
 from caffe_ft.net.weights import save_caffemodel
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
-from caffe_ft.solver import Solver
+from caffe_ft.solver import Solver, SolverAction
 from caffe_ft.solver.state import read_state
 
 
@@ -76,9 +79,9 @@ def test_failed_allocation_names_layer_bytes_and_device() -> None:
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr
-    weights = [30000000, 1 * 8 * 8]  # num_output x the flattened input
+    shape = [30000000, 1 * 8 * 8]  # num_output x the flattened input
     assert run.stdout.strip() == (f"Layer 'ip' (InnerProduct): cannot allocate parameter blob 0 "
-                                  f"of shape {weights}: {weights[0] * weights[1] * 4} bytes on "
+                                  f"of shape {shape}: {shape[0] * shape[1] * 4} bytes on "
                                   f"cpu (out of memory)")
 
 
@@ -112,3 +115,43 @@ def test_caffemodel_given_as_solver_state_says_a_solverstate_is_expected(tmp_pat
         read_state(str(model))
     assert str(err.value).startswith(f"{model} is a trained model (a NetParameter with 2 layers), "
                                      f"not a solver state: -snapshot expects the .solverstate")
+
+
+def _nan_solver(folder: Path, stop: bool) -> Solver:
+    solver = make_solver("max_iter: 5\ndisplay: 0", folder=folder)
+    solver.divergence.stop = stop
+    data = solver.net.blob_data("data").clone()
+    data[0, 0] = float("nan")
+    solver.net.set_blob_data("data", data)
+    return solver
+
+
+def test_first_non_finite_loss_is_warned_once_and_training_goes_on(tmp_path: Path) -> None:
+    solver = _nan_solver(tmp_path, stop=False)
+    with captured_log() as messages:
+        solver.step(5)
+    warnings = [m for m in messages if "not finite" in m]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("Iteration 0, loss = nan: the loss is not finite")
+    assert solver.iter == 5 and not solver.requested_early_exit
+
+
+def test_stop_on_nan_stops_before_the_non_finite_update(tmp_path: Path) -> None:
+    solver = _nan_solver(tmp_path, stop=True)
+    before = weights(solver)
+    with captured_log() as messages:
+        solver.step(5)
+    assert any(m.startswith("Iteration 0, loss = nan") and "stopping (-stop_on_nan)" in m
+               for m in messages)
+    assert solver.iter == 0 and solver.requested_early_exit
+    # The update that the NaN loss would have made was not applied.
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(solver)))
+
+
+def test_train_stop_on_nan_flag_reaches_the_solver(tmp_path: Path) -> None:
+    from caffe_ft.cli.train import _solver
+    (tmp_path / "net.prototxt").write_text(TINY_NET)
+    param = solver_param(f'net: "{tmp_path / "net.prototxt"}"')
+    flags = {"solver": str(tmp_path / "solver.prototxt"), "snapshot": "", "stop_on_nan": True}
+    solver = _solver(param, flags, torch.device("cpu"), lambda: SolverAction.NONE, 0)
+    assert solver.divergence.stop

@@ -38,6 +38,9 @@ _CAFFE_TOOL = (
                                              "received: snapshot, stop or none"),
                Flag("sighup_effect", "snapshot", "action to take when a SIGHUP signal is "
                                                  "received: snapshot, stop or none"),
+               Flag("stop_on_nan", False, "stop training at the first iteration whose loss "
+                                          "is NaN or infinite (not in Caffe; reads the loss "
+                                          "every iteration)"),
            ]),
     action("test", "score a model", f"{_TRAIN}:test_action",
            "-model net.prototxt -weights x.caffemodel [-iterations 50] [flags]",

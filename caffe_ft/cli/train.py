@@ -128,6 +128,7 @@ def _solver(param: caffe_pb2.SolverParameter, flags: dict[str, Any], device: tor
             action: Callable[[], SolverAction], rank: int) -> Solver:
     """The solver, with the weights it finetunes from, or resumed from -snapshot."""
     solver = Solver(param, flags["solver"], device, action, rank)
+    solver.divergence.stop = flags["stop_on_nan"]
     if flags["snapshot"]:
         logger.info("Resuming from %s", flags["snapshot"])
         solver.restore(flags["snapshot"])

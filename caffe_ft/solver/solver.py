@@ -23,6 +23,7 @@ from caffe_ft.log import logger
 from caffe_ft.net import Net
 from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.solver.divergence import DivergenceWatch
 from caffe_ft.solver.lr_policy import check_policy, learning_rate
 from caffe_ft.solver.nets import build_test_nets, build_train_net, resolve_path
 from caffe_ft.solver.progress import TrainingProgress
@@ -103,6 +104,9 @@ class Solver:
         self.iter = 0
         self.current_step = 0
         self.requested_early_exit = False
+        # Warns at the first non-finite loss; with `stop` set (train
+        # -stop_on_nan) the run ends there.
+        self.divergence = DivergenceWatch()
         self.params = self.net.learnable_params
         # Caffe's history_: one set of blobs per learnable param, and a second
         # set after the first for AdaDelta and Adam.
@@ -242,6 +246,9 @@ class Solver:
                 loss += self._forward_backward()
             loss /= f32(param.iter_size)
             self._smoothed.update(loss, self.iter - start_iter)
+            if self.divergence.check([self.iter], np.array([loss])):
+                self.requested_early_exit = True
+                break
             if display:
                 # Caffe's CPU timer counts whole milliseconds.
                 lapse = f32(int((time.perf_counter() - timer) * 1000) / 1000)

@@ -26,7 +26,8 @@ from caffe_ft.solver.state import read_state
 
 def _input(*dims: int) -> str:
     shape = " ".join(f"dim: {d}" for d in dims)
-    return f'layer {{ name: "in" type: "Input" top: "data" input_param {{ shape {{ {shape} }} }} }}\n'
+    return (f'layer {{ name: "in" type: "Input" top: "data" '
+            f'input_param {{ shape {{ {shape} }} }} }}\n')
 
 
 def _build(text: str) -> Net:

@@ -114,6 +114,20 @@ class Layer(nn.Module):
         """A zero float blob of `shape`, checked as Caffe's Blob::Reshape checks
         it; a failed allocation names this layer, the blob, its bytes and the
         device instead of surfacing as torch's allocator error."""
+        dims = self.check_shape(shape, what)
+        count = math.prod(dims)
+        try:
+            return torch.zeros(dims, dtype=dtype, device=device)
+        except RuntimeError as err:  # torch.OutOfMemoryError is one too
+            if "alloc" not in str(err).lower():
+                raise
+            raise self.error(f"cannot allocate {what} of shape {list(dims)}: "
+                             f"{count * dtype.itemsize} bytes on {torch.device(device)} "
+                             f"(out of memory)") from None
+
+    def check_shape(self, shape: Sequence[int], what: str) -> Shape:
+        """`shape` as Caffe's Blob::Reshape accepts it: no negative dimension
+        and at most INT_MAX values (Caffe counts them in an int)."""
         dims = tuple(int(d) for d in shape)
         if any(d < 0 for d in dims):
             raise self.error(f"{what} has a negative dimension: shape {list(dims)}")
@@ -121,13 +135,7 @@ class Layer(nn.Module):
         if count > BLOB_MAX_COUNT:
             raise self.error(f"{what} of shape {list(dims)} has {count} values: blob size "
                              f"exceeds INT_MAX")
-        try:
-            return torch.zeros(dims, dtype=dtype, device=device)
-        except RuntimeError as err:  # torch.OutOfMemoryError is one too
-            if "alloc" not in str(err).lower():
-                raise
-            raise self.error(f"cannot allocate {what} of shape {list(dims)}: {count * dtype.itemsize} bytes "
-                             f"on {torch.device(device)} (out of memory)") from None
+        return dims
 
     def error(self, message: str) -> CaffeError:
         return CaffeError(f"Layer '{self.name}' ({self.param.type}): {message}")

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from caffe_ft.layers.activation import ReLU
 from caffe_ft.layers.base import Layer, Shape
 from caffe_ft.layers.registry import register
 from caffe_ft.proto import caffe_pb2
@@ -53,30 +54,132 @@ class BatchNorm(Layer):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         eps = self.param.batch_norm_param.eps
         if self.use_global_stats:
-            # Detached: Caffe's backward gives the statistics no diff.
-            mean_sum, var_sum, factor = (self.blob(i).detach() for i in range(3))
-            scale = torch.where(factor == 0, torch.zeros_like(factor), factor.reciprocal())
-            return [F.batch_norm(x, mean_sum * scale, var_sum * scale, training=False, eps=eps)]
-        m = x.numel() // self.channels
-        if m == 1:
-            # One value per channel: it is its own mean, the output is 0 and so
-            # is Caffe's gradient; torch's batch_norm refuses this case.
-            batch_mean = x.detach().reshape(self.channels)
-            batch_var = torch.zeros_like(batch_mean)
-            y = x - x
-        else:
-            # With momentum 1 torch writes the batch mean and the unbiased
-            # (m/(m-1)-corrected) batch variance into these, exactly the terms
-            # Caffe accumulates; the normalization itself uses the biased one.
-            batch_mean = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
-            batch_var = torch.zeros_like(batch_mean)
-            y = F.batch_norm(x, batch_mean, batch_var, training=True, momentum=1.0, eps=eps)
+            return [F.batch_norm(x, *self._global_stats(), training=False, eps=eps)]
+        if self._one_value_per_channel(x):
+            # It is its own mean, the output is 0 and so is Caffe's gradient;
+            # torch's batch_norm refuses this case.
+            self._accumulate(x.detach().reshape(self.channels),
+                             torch.zeros(self.channels, dtype=x.dtype, device=x.device))
+            return [x - x]
+        # With momentum 1 torch writes the batch mean and the unbiased
+        # (m/(m-1)-corrected) batch variance into these, exactly the terms
+        # Caffe accumulates; the normalization itself uses the biased one.
+        batch_mean, batch_var = self._batch_buffers(x)
+        y = F.batch_norm(x, batch_mean, batch_var, training=True, momentum=1.0, eps=eps)
+        self._accumulate(batch_mean, batch_var)
+        return [y]
+
+    def _global_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean/s and var/s, detached: Caffe's backward gives the statistics no diff."""
+        mean_sum, var_sum, factor = (self.blob(i).detach() for i in range(3))
+        scale = torch.where(factor == 0, torch.zeros_like(factor), factor.reciprocal())
+        return mean_sum * scale, var_sum * scale
+
+    def _one_value_per_channel(self, x: torch.Tensor) -> bool:
+        return x.numel() // self.channels == 1
+
+    def _batch_buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
+        return mean, torch.zeros_like(mean)
+
+    def _accumulate(self, batch_mean: torch.Tensor, batch_var: torch.Tensor) -> None:
+        """Caffe's running sums: s = maf*s + 1, mean = maf*mean + E[x], var = maf*var + Var[x]."""
         maf = self.param.batch_norm_param.moving_average_fraction
         with torch.no_grad():
             self.blob(2).mul_(maf).add_(1)
             self.blob(0).mul_(maf).add_(batch_mean)
             self.blob(1).mul_(maf).add_(batch_var)
-        return [y]
+
+    # -- BatchNorm → Scale → ReLU as one step (caffe_ft.net.fusion) ------
+    def absorbs(self, chain: Sequence[Layer], follower: Layer) -> bool:
+        """A per-channel learned Scale first, then a ReLU whose sign its top
+        keeps (negative_slope ≥ 0), so its backward can read the chain's top."""
+        if not chain:
+            if not isinstance(follower, Scale) or len(follower.param.bottom) != 1 or \
+                    follower.param.scale_param.axis != 1:
+                return False
+            return all(tuple(follower.blob(i).shape) == (self.channels,)
+                       for i in range(len(follower.blobs)))
+        return (len(chain) == 1 and isinstance(follower, ReLU)
+                and follower.param.relu_param.negative_slope >= 0)
+
+    def forward_chain(self, x: torch.Tensor, chain: Sequence[Layer]) -> list[torch.Tensor]:
+        scale_layer = chain[0]
+        params = [scale_layer.blob(i) for i in range(len(scale_layer.blobs))]
+        wants_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in params))
+        if not wants_grad or (not self.use_global_stats and self._one_value_per_channel(x)):
+            # Nothing to save for backward, or the case torch's kernels refuse:
+            # each layer by itself gives the same numbers.
+            tops = self.forward(x)
+            for layer in chain:
+                tops = layer(*tops)
+            return tops
+        axis = _broadcast_axis(scale_layer, tuple(x.shape), tuple(params[0].shape), 1)
+        scale, *bias = (_broadcastable(p, x.dim(), axis) for p in params)
+        slope = chain[1].param.relu_param.negative_slope if len(chain) > 1 else None
+        eps = self.param.batch_norm_param.eps
+        if self.use_global_stats:
+            mean, var = self._global_stats()
+            return [_BatchNormScaleReLU.apply(x, scale, bias[0] if bias else None, mean, var,
+                                              False, eps, slope)]
+        batch_mean, batch_var = self._batch_buffers(x)
+        top = _BatchNormScaleReLU.apply(x, scale, bias[0] if bias else None, batch_mean,
+                                        batch_var, True, eps, slope)
+        self._accumulate(batch_mean, batch_var)
+        return [top]
+
+
+class _BatchNormScaleReLU(torch.autograd.Function):
+    """relu(scale * batch_norm(x) + bias), ReLU optional (slope None), with the
+    very kernels and gradient formulas autograd runs for the three layers, so
+    every number is the same; but only x, the top and per-channel tensors are
+    saved. The BatchNorm output the Scale's gradient needs is recomputed from
+    x, and the ReLU's mask is read from the top, whose sign is the input's.
+
+    In training (`training`), running_mean/var are the batch buffers torch's
+    kernel fills; with global statistics they are mean/s and var/s."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, scale: torch.Tensor,
+                bias: torch.Tensor | None, running_mean: torch.Tensor, running_var: torch.Tensor,
+                training: bool, eps: float, slope: float | None) -> torch.Tensor:
+        # F.batch_norm without weight and bias is this kernel (NativeBatchNormBackward0).
+        y, save_mean, save_invstd = torch.native_batch_norm(
+            x, None, None, running_mean, running_var, training, 1.0, eps)
+        top = y * scale if bias is None else torch.addcmul(bias, y, scale)
+        del y
+        if slope is not None:
+            top = torch.relu_(top) if slope == 0 else F.leaky_relu_(top, slope)
+        saved = [x, scale, running_mean, running_var, save_mean, save_invstd]
+        ctx.save_for_backward(*saved, *([top] if slope is not None else []))
+        ctx.config = (training, eps, slope, None if bias is None else bias.shape)
+        return top
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, dtop: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, ...]:
+        x, scale, running_mean, running_var, save_mean, save_invstd, *top = ctx.saved_tensors
+        training, eps, slope, bias_shape = ctx.config
+        dz = dtop
+        if slope == 0:
+            dz = torch.ops.aten.threshold_backward(dtop, top[0], 0)
+        elif slope is not None:
+            dz = torch.ops.aten.leaky_relu_backward(dtop, top[0], slope, True)
+        dx = dscale = dbias = None
+        if ctx.needs_input_grad[1]:
+            # Batch statistics are recomputed exactly: the same kernel on the same x.
+            buffers = ((torch.zeros_like(running_mean), torch.zeros_like(running_var))
+                       if training else (running_mean, running_var))
+            y = torch.native_batch_norm(x, None, None, *buffers, training, 1.0, eps)[0]
+            dscale = (dz * y).sum_to_size(scale.shape)
+        if bias_shape is not None and ctx.needs_input_grad[2]:
+            dbias = dz.sum_to_size(bias_shape)
+        if ctx.needs_input_grad[0]:
+            dx = torch.ops.aten.native_batch_norm_backward(
+                dz * scale, x, None, running_mean, running_var, save_mean, save_invstd,
+                training, eps, [True, False, False])[0]
+        return dx, dscale, dbias, None, None, None, None, None
 
 
 def _param_shape(layer: Layer, x_shape: Shape, axis: int, num_axes: int) -> Shape:

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from caffe_ft import parity
 from caffe_ft.blobs import shape_string
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.base import Layer, Shape
 from caffe_ft.layers.families import check_supported, layer_class
 from caffe_ft.log import logger
 from caffe_ft.net.filter import filter_net
+from caffe_ft.net.fusion import FusionPlan
 from caffe_ft.net.params import LearnableParam, ParamTable
 from caffe_ft.net.splits import insert_splits
 from caffe_ft.net.store import Mirror, Mirrors
@@ -58,7 +58,6 @@ class Net(nn.Module):
     def __init__(self, param: caffe_pb2.NetParameter, phase: int | None = None, level: int = 0,
                  stages: Iterable[str] = (), source: str = "<net>") -> None:
         super().__init__()
-        parity.apply_default()
         self.source = source
         state = caffe_pb2.NetState()
         state.CopyFrom(param.state)
@@ -89,6 +88,9 @@ class Net(nn.Module):
         self._init_layers(planned)
         self.layer_params = planned
         self._prune_backward()
+        # In-place chains (BatchNorm → Scale → ReLU) that may run as one step.
+        self.fusion = FusionPlan(self.layers, self.bottom_names, self.top_names,
+                                 self.bottom_detach, self.top_detach, self.loss_tops)
         self.output_names = sorted(self._available)
         for name in self.output_names:
             logger.info("This network produces output %s", name)
@@ -408,16 +410,19 @@ class Net(nn.Module):
             values.update(feed)
         loss = torch.zeros((), device=self.device)
         weights = dict(self.loss_tops)
-        for i in range(start, end + 1):
+        # A chain runs as one step only where nothing looks inside it.
+        fuse = not (feed or self.keep_blob_diffs or hook is not _no_hook)
+        for i, last in self.fusion.steps(start, end, fuse):
             if feed and all(name in feed for name in self.top_names[i]):
                 continue
             bottoms = self._bottoms_of(i)
             with hook(i, "forward"):
-                tops = self.layers[i](*bottoms)
-            tops = [self._top_of(i, top) for top in tops]
+                tops = (self.layers[i](*bottoms) if last == i else
+                        self.layers[i].forward_chain(bottoms[0], self.layers[i + 1:last + 1]))
+            tops = [self._top_of(last, top) for top in tops]
             if self.keep_blob_diffs:
                 self._layer_io[i] = (bottoms, tops)
-            for name, top in zip(self.top_names[i], tops):
+            for name, top in zip(self.top_names[last], tops):
                 values[name] = top
                 weight = weights.get(name)
                 if weight:

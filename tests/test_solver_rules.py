@@ -127,7 +127,7 @@ def test_update_rules_match_caffes_formulas(kind: str) -> None:
     # A changing rate: Caffe keeps lr inside SGD's history, so this matters.
     for it, lr in enumerate([0.1, 0.1, 0.05, 0.01, 0.01]):
         g = torch.randn(6, generator=generator)
-        update = rule.compute(g.clone(), history, lr, hp, it)
+        update = rule.compute([g.clone()], [[h] for h in history], lr, hp, it)[0]
         expected = reference_step(kind, g.double().numpy(), expected_history, lr, values, it)
         np.testing.assert_allclose(update.numpy(), expected, rtol=2e-5, atol=1e-9)
         for ours, theirs in zip(history, expected_history):
@@ -141,8 +141,8 @@ def test_sgd_momentum_holds_lr_unlike_torch() -> None:
     hp = Hyper(0.9, 0.999, 1e-8, 0.99)
     g = torch.tensor([1.0, -2.0])
     history = [torch.zeros(2)]
-    RULES["SGD"].compute(g, history, 0.1, hp, 0)
-    step = RULES["SGD"].compute(g, history, 0.01, hp, 1).clone()
+    RULES["SGD"].compute([g], [history], 0.1, hp, 0)
+    step = RULES["SGD"].compute([g], [history], 0.01, hp, 1)[0].clone()
     torch.testing.assert_close(step, 0.9 * 0.1 * g + 0.01 * g)
 
     w = torch.zeros(2, requires_grad=True)
@@ -185,21 +185,21 @@ def test_clip_leaves_small_or_disabled_gradients() -> None:
 
 def test_normalize_averages_iter_size_passes() -> None:
     grad = torch.tensor([2.0, 4.0])
-    normalize(grad, 4)
+    normalize([grad], 4)
     torch.testing.assert_close(grad, torch.tensor([0.5, 1.0]))
 
 
 def test_l2_and_l1_decay() -> None:
     w = torch.tensor([2.0, -1.0, 0.0])
     grad = torch.zeros(3)
-    regularize(grad, w, 0.5, "L2")
+    regularize([grad], [w], 0.5, "L2")
     torch.testing.assert_close(grad, 0.5 * w)
     grad = torch.zeros(3)
-    regularize(grad, w, 0.5, "L1")
+    regularize([grad], [w], 0.5, "L1")
     # sign(0) = 0: a zero weight gets no L1 pull.
     torch.testing.assert_close(grad, torch.tensor([0.5, -0.5, 0.0]))
 
 
 def test_unknown_regularization_type() -> None:
     with pytest.raises(CaffeError, match="Unknown regularization type: L3"):
-        regularize(torch.zeros(1), torch.ones(1), 0.1, "L3")
+        regularize([torch.zeros(1)], [torch.ones(1)], 0.1, "L3")

@@ -64,9 +64,16 @@ def _class_labels(layer: Layer, label: torch.Tensor, classes: int, ignore: int |
     index = label.detach().reshape(-1).to(torch.int64)
     valid = torch.ones_like(index, dtype=torch.bool) if ignore is None else index != ignore
     bad = valid & ((index < 0) | (index >= classes))
-    if bool(bad.any()):
+    rule = f"labels must be integers in [0, {classes - 1}]"
+    try:
+        # Checked where the labels are, without waiting for the device: on
+        # CPU it raises here; on CUDA a bad label fails the next sync with
+        # this message.
+        torch._assert_async(~bad.any(), str(layer.error(
+            f"a label is outside the {classes} classes ({rule})")))
+    except RuntimeError:
         raise layer.error(f"label {index[bad][0].item()} is outside the {classes} classes "
-                          f"(labels must be integers in [0, {classes - 1}])")
+                          f"({rule})") from None
     return torch.where(valid, index, torch.zeros_like(index)), valid
 
 
@@ -225,9 +232,13 @@ class Accuracy(Layer):
                                    torch.zeros((), device=x.device))
             tops = [accuracy]
             if len(self.param.top) > 1:
-                labels = index[valid]
-                totals = torch.bincount(labels, minlength=classes).to(torch.float32)
-                hits = torch.bincount(index[correct], minlength=classes).to(torch.float32)
+                # Counts by scatter, not bincount of a masked select: both of
+                # those wait for the device to learn their sizes.
+                flat = index.reshape(-1)
+                totals = x.new_zeros(classes, dtype=torch.float32).index_add_(
+                    0, flat, valid.reshape(-1).to(torch.float32))
+                hits = x.new_zeros(classes, dtype=torch.float32).index_add_(
+                    0, flat, correct.reshape(-1).to(torch.float32))
                 tops.append(torch.where(totals > 0, hits / totals.clamp(min=1),
                                         torch.zeros_like(totals)))
         return tops

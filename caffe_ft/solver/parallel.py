@@ -52,6 +52,10 @@ class DataParallel:
     def __init__(self, solver: Solver) -> None:
         self.solver = solver
         self.world_size = dist.get_world_size()
+        # Signals travel between hosts over gloo, so sharing one never waits
+        # for a GPU stream (a broadcast over NCCL would, to read its value).
+        self._signal_group = (dist.new_group(backend="gloo")
+                              if dist.get_backend() != "gloo" else None)
         solver.gradient_hooks.append(self.average_gradients)
         solver.action_sync = self.share_action
 
@@ -63,27 +67,25 @@ class DataParallel:
                 dist.broadcast(p.blob.data, src=0)
 
     def average_gradients(self, solver: Solver) -> None:
-        grads = []
-        for p in solver.params:
-            if p.blob.grad is None:
-                # A param Caffe computes no diff for still takes part: its diff is 0.
-                p.blob.grad = torch.zeros_like(p.blob)
-            grads.append(p.blob.grad)
+        """Sum the diffs over ranks and scale by 1/N, in one all-reduce. A
+        param with no diff (frozen, or out of every loss's reach) has a diff
+        of 0 on every rank, the same net on each: it is left out."""
+        grads = [p.blob.grad for p in solver.params if p.blob.grad is not None]
+        if not grads:
+            return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat.mul_(1.0 / self.world_size)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        parts = flat.split([g.numel() for g in grads])
+        torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(parts, grads)])
 
     def share_action(self, action: SolverAction) -> SolverAction:
-        """Rank 0's signal request, seen by every rank."""
+        """Rank 0's signal request, seen by every rank. Each rank learns
+        whether one is pending only from rank 0, so this runs every
+        iteration, on the host: no rank waits for its device."""
         value = torch.tensor([int(action)], dtype=torch.int64)
-        if self.solver.device.type == "cuda":
-            value = value.to(self.solver.device)
-        dist.broadcast(value, src=0)
-        return SolverAction(int(value.item()))
+        dist.broadcast(value, src=0, group=self._signal_group)
+        return SolverAction(int(value[0]))
 
     def train(self) -> None:
         """Rank 0 solves (tests, display, snapshots); the others only step."""

@@ -25,7 +25,9 @@ from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.solver.divergence import DivergenceWatch
 from caffe_ft.solver.lr_policy import check_policy, learning_rate
+from caffe_ft.parity import using_flags
 from caffe_ft.solver.nets import build_test_nets, build_train_net, resolve_path
+from caffe_ft.solver.precision import LossScaler, Precision
 from caffe_ft.solver.progress import TrainingProgress
 from caffe_ft.solver.scores import Scores, loss_suffix, output_values
 from caffe_ft.solver.regularize import (
@@ -64,6 +66,12 @@ class SmoothedLoss:
             self.losses[slot] = loss
 
 
+# Without display, pending losses are still read now and then so the list
+# stays small; one wait per this many iterations costs nothing measurable.
+_MAX_PENDING_LOSSES = 256
+_PROGRESS_SECONDS = 0.2
+
+
 def _no_request() -> SolverAction:
     return SolverAction.NONE
 
@@ -76,7 +84,8 @@ class Solver:
     def __init__(self, param: caffe_pb2.SolverParameter, solver_path: str = "",
                  device: torch.device | None = None,
                  action_request: ActionRequest = _no_request, rank: int = 0,
-                 solver_type: str = "") -> None:
+                 solver_type: str = "", precision: str = "fp32", compile: bool = False
+                 ) -> None:
         logger.info("Initializing solver from parameters: \n%s",
                     text_format.MessageToString(param).rstrip("\n"))
         self.param = caffe_pb2.SolverParameter()
@@ -97,7 +106,14 @@ class Solver:
         self._check_snapshot_prefix()
         if param.random_seed >= 0:
             torch.manual_seed(param.random_seed + rank)
-        self.net = build_train_net(param, self.solver_dir).to(self.device)
+        self.precision = Precision(precision, self.device.type)
+        with using_flags(self.precision.flags()):
+            self.net = build_train_net(param, self.solver_dir).to(self.device)
+        if self.precision.fast_cuda:
+            self.net.to(memory_format=torch.channels_last)
+        # fp16 scales the loss so small diffs survive; the others need not.
+        self._scaler = LossScaler() if self.precision.name == "fp16" else None
+        self._forward = self._compiled_forward() if compile else self.net.forward
         self.test_nets = [net.to(self.device) for net in
                           build_test_nets(param, self.solver_dir)] if rank == 0 else []
         logger.info("Solver scaffolding done.")
@@ -114,7 +130,12 @@ class Solver:
                         for _ in range(self.rule.history_sets)]
         self._local_decay = [float(f32(param.weight_decay) * f32(p.decay_mult))
                              for p in self.params]
+        self._skippable = self._frozen_params()
         self._smoothed = SmoothedLoss(param.average_loss)
+        # Iteration losses still on the device: (index in this step() call,
+        # loss). They are read in one transfer when the smoothed loss is shown.
+        self._pending_losses: list[tuple[int, torch.Tensor]] = []
+        self._progress_due = 0.0
         self._iterations_last = 0
         # Called at the start of each iteration, after its test and before its
         # forward/backward (Caffe's Solver::Callback::on_start).
@@ -195,12 +216,14 @@ class Solver:
                 raise CaffeError(f"{state_file}: history blob {i} ({owner.display_name}) has "
                                  f"{saved.size} values, the param has {blob.numel()}")
             blob.copy_(torch.from_numpy(saved.reshape(tuple(blob.shape))))
+        self._skippable = self._frozen_params()
 
     # -- training ---------------------------------------------------------
     def solve(self, resume_file: str | None = None) -> None:
         param = self.param
         logger.info("Solving %s", self.net.name)
         logger.info("Learning Rate Policy: %s", param.lr_policy)
+        logger.info("Precision: %s", self.precision.describe())
         self.requested_early_exit = False
         if resume_file:
             logger.info("Restoring previous solver status from %s", resume_file)
@@ -216,7 +239,7 @@ class Solver:
             return
         # One more forward, only to display the loss of the final weights.
         if param.display and self.iter % param.display == 0:
-            with torch.no_grad():
+            with torch.no_grad(), using_flags(self.precision.flags()), self.precision.autocast():
                 loss = f32(self.net.forward().item())
             self._smoothed.update(loss, self.iter - start_iter)
             logger.info("Iteration %d, loss = %g", self.iter, self._smoothed.value)
@@ -225,10 +248,15 @@ class Solver:
         logger.info("Optimization Done.")
 
     def step(self, iters: int) -> None:
+        with using_flags(self.precision.flags()):
+            self._step(iters)
+
+    def _step(self, iters: int) -> None:
         param = self.param
         start_iter = self.iter
         stop_iter = self.iter + iters
         self._smoothed = SmoothedLoss(param.average_loss)
+        self._step_start = start_iter
         timer = time.perf_counter()
         self._iterations_last = self.iter
         while self.iter < stop_iter:
@@ -241,14 +269,19 @@ class Solver:
             for hook in self.start_hooks:
                 hook(self)
             display = bool(param.display) and self.iter % param.display == 0
-            loss = f32(0)
-            for _ in range(param.iter_size):
-                loss += self._forward_backward()
-            loss /= f32(param.iter_size)
-            self._smoothed.update(loss, self.iter - start_iter)
-            if self.divergence.check([self.iter], np.array([loss])):
-                self.requested_early_exit = True
-                break
+            # Caffe's float loss sum; float32 device adds round as the host's do.
+            loss = self._forward_backward()
+            for _ in range(param.iter_size - 1):
+                loss = loss + self._forward_backward()
+            if param.iter_size != 1:
+                loss = loss / f32(param.iter_size)
+            self._pending_losses.append((self.iter - start_iter, loss))
+            # -stop_on_nan reads every loss, to stop before a non-finite one updates.
+            if display or self.divergence.stop or \
+                    len(self._pending_losses) >= _MAX_PENDING_LOSSES:
+                self._read_pending_losses()
+            if self.requested_early_exit:
+                break  # -stop_on_nan: this iteration's loss is not finite
             if display:
                 # Caffe's CPU timer counts whole milliseconds.
                 lapse = f32(int((time.perf_counter() - timer) * 1000) / 1000)
@@ -270,13 +303,50 @@ class Solver:
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
                 break
-            if self.progress is not None:
-                self.progress.update(self.iter, float(self._smoothed.value))
+            self._show_progress()
+        self._read_pending_losses()
 
-    def _forward_backward(self) -> np.float32:
-        loss = self.net.forward()
-        self.net.backward()
-        return f32(loss.item())
+    def _forward_backward(self) -> torch.Tensor:
+        with self.precision.autocast():
+            loss = self._forward()
+        if self._scaler is None:
+            self.net.backward()
+        else:
+            self.net.backward({name: weight * self._scaler.scale
+                               for name, weight in self.net.loss_tops})
+        return loss.detach().to(torch.float32)
+
+    def _compiled_forward(self) -> Callable[[], torch.Tensor]:
+        """The train net's forward captured by torch.compile (opt-in; for a
+        net whose shapes do not change between iterations)."""
+        if not hasattr(torch, "compile"):
+            raise CaffeError("-compile needs torch.compile (torch 2.0 or later)")
+        return torch.compile(self.net.forward, dynamic=False)
+
+    def _read_pending_losses(self) -> None:
+        """Bring the pending iteration losses to the host in one transfer and
+        fold them into the smoothed loss, in iteration order."""
+        if not self._pending_losses:
+            return
+        values = torch.stack([loss for _, loss in self._pending_losses]).cpu().numpy()
+        iterations = [self._step_start + index for index, _ in self._pending_losses]
+        if self.divergence.check(iterations, values):
+            self.requested_early_exit = True
+        for (index, _), value in zip(self._pending_losses, values):
+            self._smoothed.update(f32(value), index)
+        self._pending_losses.clear()
+
+    def _show_progress(self) -> None:
+        """Redraw the terminal's progress line, reading the losses (a wait for
+        the device) only as often as the line redraws."""
+        if self.progress is None or not self.progress.line.enabled:
+            return
+        now = time.monotonic()
+        if now < self._progress_due and self.iter < self.progress.max_iter:
+            return
+        self._progress_due = now + _PROGRESS_SECONDS
+        self._read_pending_losses()
+        self.progress.update(self.iter, float(self._smoothed.value))
 
     def _log_outputs(self, net: Net, kind: str) -> None:
         weights = dict(net.loss_tops)
@@ -294,26 +364,67 @@ class Solver:
         self.current_step = step
         if param.display and self.iter % param.display == 0:
             logger.info("Iteration %d, lr = %g", self.iter, rate)
-        # A param with lr_mult 0 gets no gradient computed; Caffe's diff is 0.
-        grads = [p.blob.grad if p.blob.grad is not None else torch.zeros_like(p.blob)
-                 for p in self.params]
-        clipped = clip_gradients(grads, param.clip_gradients)
+        if self._scaler is not None and not self._scaler.unscale(
+                [p.blob.grad for p in self.params if p.blob.grad is not None]):
+            logger.info("Iteration %d: fp16 diffs overflowed; skipping the update, loss "
+                        "scale now %g", self.iter, self._scaler.scale)
+            self.net.mirrors.pull()
+            self.iter += 1
+            return
+        # A param Caffe computes no diff for (lr_mult 0) has diff 0; None here.
+        clipped = clip_gradients([p.blob.grad for p in self.params], param.clip_gradients)
         if clipped:
             logger.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
                         "factor %g", clipped[0], param.clip_gradients, clipped[1])
         with torch.no_grad():
-            for i, (p, grad) in enumerate(zip(self.params, grads)):
-                normalize(grad, param.iter_size)
-                regularize(grad, p.blob, self._local_decay[i], param.regularization_type)
-                local_rate = float(f32(rate) * f32(p.lr_mult))
-                update = self.rule.compute(grad, [blobs[i] for blobs in self.history],
-                                           local_rate, self.hyper, self.iter)
-                p.blob.sub_(update)
-                if param.snapshot_diff:
-                    # Caffe's diff holds the update after Update(); snapshots save it.
-                    p.blob.grad = update.clone()
+            for (lr_mult, local_decay), members in self._update_groups().items():
+                self._update_group(members, float(f32(rate) * f32(lr_mult)), local_decay)
         self.net.mirrors.pull()
         self.iter += 1
+
+    def _frozen_params(self) -> set[int]:
+        """Params the update may skip: lr_mult 0 with a zero history, which
+        Caffe's rule at rate 0 leaves at zero (SGD, Nesterov: h = m·0 + 0·g,
+        for any finite diff; the adaptive rules only when no decay and no
+        diff feed their history). Checked at start and after a restore, not
+        per iteration."""
+        frozen = set()
+        for i, p in enumerate(self.params):
+            if p.lr_mult != 0 or self.param.snapshot_diff:
+                continue  # snapshot_diff saves the update (0) as the diff: keep the path
+            if not self.rule.rate_scales_history and self._local_decay[i]:
+                continue
+            if all(not bool(blobs[i].any()) for blobs in self.history):
+                frozen.add(i)
+        return frozen
+
+    def _update_groups(self) -> dict[tuple[float, float], list[int]]:
+        """Learnable params by (lr_mult, local decay), one multi-tensor update
+        each. A frozen param joins only when an adaptive rule would fold a
+        diff (written by force_backward or from Python) into its history."""
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i, p in enumerate(self.params):
+            if i in self._skippable and (self.rule.rate_scales_history or p.blob.grad is None):
+                continue
+            groups.setdefault((p.lr_mult, self._local_decay[i]), []).append(i)
+        return groups
+
+    def _update_group(self, members: list[int], local_rate: float, local_decay: float) -> None:
+        """Caffe's per-param Normalize, Regularize, ComputeUpdateValue and
+        Update, for params sharing one rate and decay."""
+        param = self.param
+        blobs = [self.params[i].blob for i in members]
+        # A param no loss reaches still decays: its diff is 0.
+        grads = [torch.zeros_like(blob) if blob.grad is None else blob.grad for blob in blobs]
+        normalize(grads, param.iter_size)
+        regularize(grads, blobs, local_decay, param.regularization_type)
+        history = [[blobs_set[i] for i in members] for blobs_set in self.history]
+        updates = self.rule.compute(grads, history, local_rate, self.hyper, self.iter)
+        torch._foreach_sub_(blobs, updates)
+        if param.snapshot_diff:
+            # Caffe's diff holds the update after Update(); snapshots save it.
+            for blob, update in zip(blobs, updates):
+                blob.grad = update.clone()
 
     # -- testing ----------------------------------------------------------
     def test_all(self) -> None:
@@ -323,6 +434,10 @@ class Solver:
             self.test(i)
 
     def test(self, index: int) -> None:
+        with using_flags(self.precision.flags()), self.precision.autocast():
+            self._test(index)
+
+    def _test(self, index: int) -> None:
         param = self.param
         logger.info("Iteration %d, Testing net (#%d)", self.iter, index)
         net = self.test_nets[index]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from caffe_ft.log import logger
+from caffe_ft.parity import parity_flags, using_flags
 from solver_helpers import captured_log
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -25,6 +26,15 @@ def golden_db(case: str, tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _parity() -> Iterator[None]:
+    """Golden tests build Nets directly, and building a Net leaves torch's
+    flags alone: every test runs under Caffe's float32 parity explicitly,
+    and the flags it found are put back after it."""
+    with using_flags(parity_flags(True)):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -41,6 +41,11 @@ _CAFFE_TOOL = (
                Flag("stop_on_nan", False, "stop training at the first iteration whose loss "
                                           "is NaN or infinite (not in Caffe; reads the loss "
                                           "every iteration)"),
+               Flag("precision", "fp32", "fp32 (Caffe's float32 results, the default), or "
+                                         "a fast mode: tf32, bf16 or fp16 (autocast; "
+                                         "channels_last and cudnn.benchmark on GPUs)"),
+               Flag("compile", False, "capture the train net's forward with torch.compile "
+                                      "(for nets whose shapes never change)"),
            ]),
     action("test", "score a model", f"{_TRAIN}:test_action",
            "-model net.prototxt -weights x.caffemodel [-iterations 50] [flags]",

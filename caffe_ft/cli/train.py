@@ -18,6 +18,7 @@ from caffe_ft.errors import CaffeError, UsageError
 from caffe_ft.log import logger, setup_logging
 from caffe_ft.net import Net
 from caffe_ft.net.weights import copy_trained_layers_from
+from caffe_ft.parity import default_parity, set_parity_mode
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.solver import SignalHandler, Solver, SolverAction
 from caffe_ft.solver.launch import spawn_ranks
@@ -37,6 +38,7 @@ def stages(flag: str) -> list[str]:
 def _net(flags: dict[str, Any], phase: int) -> tuple[Net, torch.device]:
     """-model for `phase` at -level and -stage, on the device -gpu names."""
     device = device_for(gpu_ids(flags["gpu"]))
+    set_parity_mode(default_parity())  # this process is the CLI's run: Caffe's float32
     net = Net(read_net_text(flags["model"]), phase, flags["level"], stages(flags["stage"]),
               source=flags["model"]).to(device)
     return net, device
@@ -127,7 +129,8 @@ def _replace_weights(flags: dict[str, Any], param: caffe_pb2.SolverParameter) ->
 def _solver(param: caffe_pb2.SolverParameter, flags: dict[str, Any], device: torch.device,
             action: Callable[[], SolverAction], rank: int) -> Solver:
     """The solver, with the weights it finetunes from, or resumed from -snapshot."""
-    solver = Solver(param, flags["solver"], device, action, rank)
+    solver = Solver(param, flags["solver"], device, action, rank,
+                    precision=flags["precision"], compile=flags["compile"])
     solver.divergence.stop = flags["stop_on_nan"]
     if flags["snapshot"]:
         logger.info("Resuming from %s", flags["snapshot"])

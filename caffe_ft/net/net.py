@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from caffe_ft import parity
 from caffe_ft.blobs import shape_string
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.base import Layer, Shape
@@ -59,7 +58,6 @@ class Net(nn.Module):
     def __init__(self, param: caffe_pb2.NetParameter, phase: int | None = None, level: int = 0,
                  stages: Iterable[str] = (), source: str = "<net>") -> None:
         super().__init__()
-        parity.apply_default()
         self.source = source
         state = caffe_pb2.NetState()
         state.CopyFrom(param.state)

@@ -141,7 +141,12 @@ def test_copy_by_name_renamed_layer_keeps_filler_init() -> None:
     assert torch.equal(conv.blobs[0], source.layers[source.layer_index("conv1")].blobs[0])
     assert torch.equal(target.layers[target.layer_index("fc_new")].blobs[0], before)
     table = report.table()
-    assert "1 copied" not in table and "filler init (not in file)  fc_new" in table
+    # Only conv1 has blobs to copy; the data, ReLU and loss layers are counted apart.
+    assert report.copied == ["conv1"] and "1 copied" in table
+    assert f"{len(report.without_params)} layers without parameters" in table
+    assert all(not target.layers[target.layer_index(name)].blobs
+               for name in report.without_params) and report.without_params
+    assert "filler init (not in file)  fc_new" in table
 
 
 def test_shape_mismatch_error_is_caffes() -> None:

@@ -3,7 +3,9 @@ V2 .caffemodel (Caffe's CopyTrainedLayersFrom and ToProto).
 
 Layers the file lacks keep their filler init; that is what makes renamed
 classifier heads train from scratch while the rest is fine-tuned. The load
-report logs which layers were copied, freshly initialized or ignored.
+report logs which layers were copied, freshly initialized or ignored;
+layers without parameters (ReLU, data, loss) have nothing to copy, so they
+are only counted.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from caffe_ft.protofile import write_binary
 @dataclass
 class LoadReport:
     source: str
-    copied: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)    # layers whose blobs were copied
+    without_params: list[str] = field(default_factory=list)  # namesakes with no blobs to copy
     ignored: list[str] = field(default_factory=list)   # source layers with no target
     fresh: list[str] = field(default_factory=list)     # target layers with params left at filler init
 
@@ -43,7 +46,8 @@ class LoadReport:
                 [("ignored (not in net)", name) for name in self.ignored])
         width = max((len(status) for status, _ in rows), default=6)
         lines = [f"Weights from {self.source}: {len(self.copied)} copied, "
-                 f"{len(self.fresh)} freshly initialized, {len(self.ignored)} ignored",
+                 f"{len(self.fresh)} freshly initialized, {len(self.ignored)} ignored, "
+                 f"{len(self.without_params)} layers without parameters",
                  f"  {'status'.ljust(width)}  layer"]
         lines += [f"  {status.ljust(width)}  {name}" for status, name in rows]
         return "\n".join(lines)
@@ -117,7 +121,7 @@ def copy_layers(net: Net, layers: Iterable[tuple[str, Sequence[SourceBlob]]],
             with torch.no_grad():
                 target.blobs[j].copy_(torch.from_numpy(blob.array()).reshape(
                     target.blobs[j].shape))
-        report.copied.append(name)
+        (report.copied if blobs else report.without_params).append(name)
     report.note_fresh(net)
     net.mirrors.pull()
     return report

@@ -18,6 +18,11 @@ Two measures:
   backward, update with momentum), measured on the second step.
 
     python bench/bench_memory.py [--nets resnet50 googlenet] [--batch 8] [--size 224]
+
+(ResNet-50's 7x7 pool5 needs --size 193 or more.) Measured on the CPU,
+batch 8 at 224x224, ResNet-50's saved bytes were 1.45x the handwritten
+module's with BatchNorm, Scale and ReLU run one by one, and are 1.00x with
+them run as one step (caffe_ft.net.fusion); GoogLeNet's are 1.00x.
 """
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def chain_net(shape: tuple[int, ...] = (4, 3, 6, 6), bias_term: bool = True,
                             bias_filler {{ type: "gaussian" std: 0.5 }} }} }}
     {relu_layer}
     layer {{ name: "ip" type: "InnerProduct" bottom: "{scale_top}" top: "ip"
-             inner_product_param {{ num_output: 3 weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
+             inner_product_param {{ num_output: 3
+                                    weight_filler {{ type: "gaussian" std: 0.3 }} }} }}
     layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }}
     """
 

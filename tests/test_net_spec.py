@@ -20,7 +20,7 @@ from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.pycaffe import net_spec
 from caffe_ft.pycaffe.net_spec import NetSpec, layers as L, params as P, to_proto
-from caffe_ft.pycaffe.prototext import pycaffe_text
+from caffe_ft.proto.text import pycaffe_text
 from caffe_ft.pycaffe.runner import CaffeFinder
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -19,11 +19,6 @@ from google.protobuf.message import Message
 
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
-from caffe_ft.pycaffe.prototext import use_pycaffe_str
-
-# Scripts save their nets with `str(net.to_proto())`; under pycaffe that
-# text has pycaffe's float format (caffe_ft.pycaffe.prototext).
-use_pycaffe_str(caffe_pb2)
 
 
 class NotATop(CaffeError, TypeError):

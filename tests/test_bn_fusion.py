@@ -190,3 +190,19 @@ def test_a_layer_range_that_cuts_the_chain_runs_it_layer_by_layer() -> None:
     unfused.forward(end=3)
     assert torch.equal(fused.blob_data("conv"), unfused.blob_data("conv"))
     assert bool((fused.blob_data("conv") < 0).any())
+
+
+@pytest.mark.parametrize("phase", [TRAIN, TEST], ids=["TRAIN", "TEST"])
+def test_fused_chain_under_autocast_is_bit_identical(phase: int) -> None:
+    """The solver's bf16 mode: the BatchNorm sees a bf16 convolution output
+    and the Scale promotes to float32; the chain follows autograd's dtypes."""
+    fused, unfused = build_pair(chain_net(), phase)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert_identical(run(fused), run(unfused))
+
+
+def test_fused_chain_under_torch_compile_is_bit_identical() -> None:
+    """The solver's -compile captures the net's forward, chains included."""
+    fused, unfused = build_pair(chain_net(), TRAIN)
+    fused.forward = torch.compile(fused.forward, dynamic=False, backend="aot_eager")
+    assert_identical(run(fused), run(unfused))

@@ -176,8 +176,11 @@ class _BatchNormScaleReLU(torch.autograd.Function):
         if bias_shape is not None and ctx.needs_input_grad[2]:
             dbias = dz.sum_to_size(bias_shape)
         if ctx.needs_input_grad[0]:
+            # The BatchNorm top had x's dtype (under autocast, not the Scale's):
+            # autograd casts its diff to that dtype, and so do we.
+            dy = (dz * scale).to(x.dtype)
             dx = torch.ops.aten.native_batch_norm_backward(
-                dz * scale, x, None, running_mean, running_var, save_mean, save_invstd,
+                dy, x, None, running_mean, running_var, save_mean, save_invstd,
                 training, eps, [True, False, False])[0]
         return dx, dscale, dbias, None, None, None, None, None
 

@@ -7,7 +7,7 @@ then every finding (an exception of another type, a hang, a crash, a
 multi-line error, a file left behind) with the kind, seed file and key that
 rebuild its mutant. Exit code 1 when there is a finding.
 
-    python bench/fuzz.py [--count 10000] [--seed 0] [--workers 2] [--timeout 30]
+    python bench/fuzz.py [--count 10000] [--seed 0] [--workers 2] [--timeout 60]
         [--kinds net_prototxt solverstate ...] [--top 40]
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per mutant")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant")
     parser.add_argument("--kinds", nargs="+", choices=sorted(KINDS), default=sorted(KINDS))
     parser.add_argument("--top", type=int, default=40, help="messages to list")
     args = parser.parse_args()

@@ -83,10 +83,12 @@ class _Worker:
         self.proc.wait()
 
 
-def run_fuzz(jobs: Iterable[Job], workdir: Path, workers: int = 2, timeout: float = 30.0,
-             memory: int = 4 << 30) -> list[Result]:
+def run_fuzz(jobs: Iterable[Job], workdir: Path, workers: int = 2, timeout: float = 60.0,
+             memory: int = 3 << 30) -> list[Result]:
     """Every job's Result; `timeout` seconds per mutant, `memory` bytes of
-    address space per worker."""
+    address space per worker (torch takes about 1 GiB of it: a mutant that
+    asks for a blob of 2 GB or more must then fail to allocate, in a second,
+    instead of filling it for many)."""
     seeds = workdir / "seeds"
     seeds.mkdir(parents=True, exist_ok=True)
     write_seeds(seeds)

@@ -22,6 +22,10 @@ class BatchNorm(Layer):
     so mean/s and var/s are a bias-corrected moving average; global statistics
     (TEST by default) normalize with mean/s and var/s. The blobs are never
     trained: Caffe forces their lr_mult to 0 and computes no diff for them.
+
+    Followed in place by a per-channel Scale (and a ReLU), it can run them as
+    one autograd step that saves less for backward (caffe_ft.net.fusion
+    decides where): `absorbs` and `forward_chain`.
     """
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:

@@ -84,11 +84,11 @@ class _Worker:
 
 
 def run_fuzz(jobs: Iterable[Job], workdir: Path, workers: int = 2, timeout: float = 60.0,
-             memory: int = 3 << 30) -> list[Result]:
+             memory: int = 5 << 29) -> list[Result]:
     """Every job's Result; `timeout` seconds per mutant, `memory` bytes of
-    address space per worker (torch takes about 1 GiB of it: a mutant that
-    asks for a blob of 2 GB or more must then fail to allocate, in a second,
-    instead of filling it for many)."""
+    address space per worker. Importing torch takes about 1 GiB of the
+    default 2.5 GiB, so a mutant asking for a 2 GB blob fails to allocate at
+    once instead of spending tens of seconds filling it."""
     seeds = workdir / "seeds"
     seeds.mkdir(parents=True, exist_ok=True)
     write_seeds(seeds)

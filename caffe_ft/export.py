@@ -3,7 +3,8 @@
 The exported graph is the net caffe_ft builds: a module whose arguments are
 the net's Input blobs (in layer order) and whose results are its output blobs
 (sorted by name, as the net lists them), traced at the deploy prototxt's input
-shapes. ONNX needs the optional `onnx` package only to check the file it wrote.
+shapes. ONNX needs the optional `onnx` package: torch's exporter imports it to
+write the model proto, and it checks the file written.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from caffe_ft.errors import CaffeError
 from caffe_ft.net.filter import filter_net
 from caffe_ft.net.net import Net
 from caffe_ft.net.weights import copy_trained_layers_from
+from caffe_ft.optional import optional_module
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import atomic_write
 
@@ -116,10 +118,7 @@ def export_onnx(graph: BlobGraph, output: str | os.PathLike[str]) -> None:
 
 
 def _check_onnx(path: str | os.PathLike[str]) -> None:
-    try:
-        import onnx
-    except ImportError:
-        return  # the checker is optional; the file is written either way
+    onnx = optional_module("onnx")
     onnx.checker.check_model(onnx.load(os.fspath(path)))
 
 
@@ -127,6 +126,10 @@ def export(model: str, weights: str, fmt: str, output: str | os.PathLike[str]) -
     """Write the net as `fmt` to `output`; return the graph that was exported."""
     if fmt not in FORMATS:
         raise CaffeError(f"-format '{fmt}': expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        # torch.onnx.export fails deep in its run without onnx (a chained
+        # OnnxExporterError); say so before loading the weights.
+        optional_module("onnx")
     graph = BlobGraph(load_deploy_net(model, weights))
     (export_onnx if fmt == "onnx" else export_torchscript)(graph, output)
     return graph

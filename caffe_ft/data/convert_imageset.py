@@ -5,7 +5,8 @@ Images are decoded and resized by worker processes; the main process only
 writes LMDB, in list order, so the database does not depend on the number of
 workers. The database is built in a hidden folder beside DB_NAME and renamed
 to DB_NAME only when complete, so an interrupted build never leaves a
-database that looks finished.
+database that looks finished; the folder a killed build left is removed by
+the next build of DB_NAME.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ from caffe_ft.data.image_list import (
     write_list_file,
 )
 from caffe_ft.data.lmdb_io import LMDBWriter, check_backend
+from caffe_ft.data.partial_db import make_partial, remove_stale_partials
 from caffe_ft.data.progress import Progress
 from caffe_ft.data.workers import Arena, OrderedWorkers, Region, WorkerDied
 from caffe_ft.errors import CaffeError
@@ -132,8 +133,8 @@ def build_database(root: str, entries: list[ListEntry], db_name: str | os.PathLi
     job = _Job(root, height, width, not options.gray, options.encoded, options.encode_type)
     workers = options.workers if options.workers > 0 else _available_cpus()
 
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial",
-                                    dir=target.parent))
+    remove_stale_partials(target)
+    partial = make_partial(target)
     try:
         # mkdtemp makes the folder private (0700); a database is as readable
         # as the folder Caffe's mkdir would have made.

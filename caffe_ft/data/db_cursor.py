@@ -13,8 +13,10 @@ twice) and opened lazily, in the process that reads.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,23 @@ from caffe_ft.errors import CaffeError
 # (process id, real path) → the environment open for it in that process.
 # Weak, so a database closes when its last cursor goes.
 _OPEN: dict[tuple[int, str], weakref.ref[lmdb.Environment]] = {}
+
+
+@contextlib.contextmanager
+def read_errors(path: str, where: str) -> Iterator[None]:
+    """lmdb.Error (a corrupt page, a truncated file) as a CaffeError naming the
+    database and the record being read: raised in a prefetch worker, a
+    CaffeError travels to the user as one line, where any other exception is
+    reported as a bug with its traceback."""
+    try:
+        yield
+    except lmdb.Error as err:
+        raise damaged(path, where, err) from None
+
+
+def damaged(path: str, where: str, err: lmdb.Error) -> CaffeError:
+    return CaffeError(f"Cannot read LMDB {path} ({where}): {err}; the database is damaged, "
+                      f"rebuild it (convert_imageset)")
 
 
 def shared_env(path: str) -> lmdb.Environment:
@@ -48,20 +67,20 @@ def _open(path: str) -> lmdb.Environment:
             hint = "the folder holds no data.mdb"
         raise CaffeError(f"{path}: not an LMDB ({hint})")
     try:
-        return lmdb.open(path, readonly=True, lock=True, create=False, subdir=True)
-    except lmdb.Error:
-        # A read-only folder cannot hold lock.mdb; no writer can touch such a
-        # database, so there is nothing to lock against.
-        try:
-            return lmdb.open(path, readonly=True, lock=False, create=False, subdir=True)
-        except lmdb.Error as err:
-            raise CaffeError(f"Cannot open LMDB {path}: {err}") from None
+        # No lock: readers that take LMDB's lock create lock.mdb beside the
+        # data, writing into folders (a source tree's fixtures, a shared
+        # dataset) that are only read. Databases are built in a hidden folder
+        # and renamed when complete, so no writer works on a database a
+        # reader sees.
+        return lmdb.open(path, readonly=True, lock=False, create=False, subdir=True)
+    except lmdb.Error as err:
+        raise CaffeError(f"Cannot open LMDB {path}: {err}") from None
 
 
 def first_record(path: str) -> tuple[int, bytes, bytes]:
     """(record count, first key, first value): what a Data layer reads at setup."""
     env = shared_env(path)
-    with env.begin(buffers=False) as txn:
+    with read_errors(path, "its first record"), env.begin(buffers=False) as txn:
         cursor = txn.cursor()
         if not cursor.first():
             raise CaffeError(f"LMDB {path} holds no records")
@@ -80,10 +99,18 @@ class DatumCursor:
         forward from where it is, or from the first record when that is shorter."""
         if self._cursor is None:
             # One read transaction for the cursor's life, as Caffe's LMDBCursor holds.
-            self._cursor = shared_env(self.path).begin(buffers=False).cursor()
-        cursor = self._cursor
+            with read_errors(self.path, "opening a read transaction"):
+                self._cursor = shared_env(self.path).begin(buffers=False).cursor()
         if record == self.record:
             return
+        try:
+            self._move(self._cursor, record)
+        except lmdb.Error as err:
+            failed, self.record = self.record, -1  # the cursor's position is undefined now
+            raise damaged(self.path, f"moving from record {failed} to record {record} of "
+                                     f"{self.count} in key order", err) from None
+
+    def _move(self, cursor: lmdb.Cursor, record: int) -> None:
         if self.record < 0 or record < self.record:
             if not cursor.first():
                 raise CaffeError(f"LMDB {self.path} is empty")
@@ -97,11 +124,13 @@ class DatumCursor:
 
     def key(self) -> bytes:
         assert self._cursor is not None, "seek() first"
-        return self._cursor.key()
+        with read_errors(self.path, f"the key of record {self.record}"):
+            return self._cursor.key()
 
     def value(self) -> bytes:
         assert self._cursor is not None, "seek() first"
-        return self._cursor.value()
+        with read_errors(self.path, f"the value of record {self.record}"):
+            return self._cursor.value()
 
     def __getstate__(self) -> dict[str, Any]:
         # A worker started by spawn gets the cursor unopened and opens its own.

@@ -9,7 +9,7 @@ from types import TracebackType
 
 import lmdb
 
-from caffe_ft.data.db_cursor import shared_env
+from caffe_ft.data.db_cursor import damaged, read_errors, shared_env
 from caffe_ft.data.workers import Payload
 from caffe_ft.errors import CaffeError
 
@@ -171,11 +171,29 @@ class LMDBReader:
         self._env: lmdb.Environment | None = shared_env(self.path)
 
     def __len__(self) -> int:
-        return int(self._env.stat()["entries"])
+        with read_errors(self.path, "its record count"):
+            return int(self._env.stat()["entries"])
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        with self._env.begin(buffers=False) as txn:
-            yield from txn.cursor().iternext(keys=True, values=True)
+        record, key = 0, b""
+        with read_errors(self.path, "opening a read transaction"):
+            txn = self._env.begin(buffers=False)
+        try:
+            records = txn.cursor().iternext(keys=True, values=True)
+            while True:
+                try:
+                    pair = next(records, None)
+                except lmdb.Error as err:
+                    after = key.decode("utf-8", "backslashreplace")
+                    where = f"record {record}, after key {after}" if record else "its first record"
+                    raise damaged(self.path, where, err) from None
+                if pair is None:
+                    return
+                key = pair[0]
+                yield pair
+                record += 1
+        finally:
+            txn.abort()
 
     def close(self) -> None:
         # Drop our reference; the shared environment closes with its last user.

@@ -37,6 +37,7 @@ from caffe_ft.solver.regularize import (
     regularize,
 )
 from caffe_ft.solver.signals import ActionRequest, SolverAction
+from caffe_ft.solver.snapshot_files import SnapshotFiles
 from caffe_ft.solver.state import SolverState, read_state, resolve_learned_net, write_state
 from caffe_ft.solver.update_rules import Hyper, rule_for
 from caffe_ft.upgrade import solver_needs_type_upgrade, upgrade_solver_type
@@ -178,22 +179,25 @@ class Solver:
                 f"{self.iter if iteration is None else iteration}{extension}")
 
     def snapshot(self) -> None:
+        """Write the model and its solver state as a pair: both or neither."""
         write_diff = self.param.snapshot_diff
-        if self.param.snapshot_format == HDF5:
-            from caffe_ft.net.hdf5_weights import save_hdf5_weights
-            model = self._snapshot_filename(".caffemodel.h5")
-            logger.info("Snapshotting to HDF5 file %s", model)
-            save_hdf5_weights(self.net, model, write_diff)
-            state_file = self._snapshot_filename(".solverstate.h5")
-            logger.info("Snapshotting solver state to HDF5 file %s", state_file)
-        else:
-            model = self._snapshot_filename(".caffemodel")
-            logger.info("Snapshotting to binary proto file %s", model)
-            save_caffemodel(self.net, model, write_diff)
-            state_file = self._snapshot_filename(".solverstate")
-            logger.info("Snapshotting solver state to binary proto file %s", state_file)
-        history = [blob.detach().cpu().numpy() for blobs in self.history for blob in blobs]
-        write_state(state_file, SolverState(self.iter, model, self.current_step, history))
+        with SnapshotFiles(self.iter) as files:
+            if self.param.snapshot_format == HDF5:
+                from caffe_ft.net.hdf5_weights import save_hdf5_weights
+                model = self._snapshot_filename(".caffemodel.h5")
+                logger.info("Snapshotting to HDF5 file %s", model)
+                save_hdf5_weights(self.net, files.temp(model), write_diff)
+                state_file = self._snapshot_filename(".solverstate.h5")
+                logger.info("Snapshotting solver state to HDF5 file %s", state_file)
+            else:
+                model = self._snapshot_filename(".caffemodel")
+                logger.info("Snapshotting to binary proto file %s", model)
+                save_caffemodel(self.net, files.temp(model), write_diff)
+                state_file = self._snapshot_filename(".solverstate")
+                logger.info("Snapshotting solver state to binary proto file %s", state_file)
+            history = [blob.detach().cpu().numpy() for blobs in self.history for blob in blobs]
+            write_state(files.temp(state_file),
+                        SolverState(self.iter, model, self.current_step, history))
 
     def restore(self, state_file: str) -> None:
         """Continue from a snapshot (ours or Caffe's): iteration, weights from

@@ -13,7 +13,8 @@
 #   (g) snapshots and a training-curve PNG       caffe_ft plot
 #   (h) one test image classified                caffe_ft classify
 #
-# Usage: bash examples/main_job.sh [OUTPUT_FOLDER]     (default: out/main_job)
+# Usage: bash examples/main_job.sh [OUTPUT_FOLDER]
+#        (default: $CAFFE_FT_OUT/main_job, or out/main_job in the current folder)
 # Environment: PER_CLASS (fine-tuning images per digit, default 5),
 #              PYTHON (default python3).
 # The output folder is made fresh: it holds the recipe files used, the
@@ -24,7 +25,7 @@ set -euo pipefail
 EXAMPLES="$(cd "$(dirname "$0")" && pwd)"
 RECIPE="$EXAMPLES/lenet_digits"
 DATA="$RECIPE/data"
-OUT="${1:-out/main_job}"
+OUT="${1:-${CAFFE_FT_OUT:-out}/main_job}"
 PER_CLASS="${PER_CLASS:-5}"
 PY="${PYTHON:-python3}"
 MARK=".caffe_ft_main_job"  # marks a folder this script made, so a rerun may replace it

@@ -97,7 +97,7 @@ def test_googlenet_recipe_renames_the_three_heads_and_freezes_the_stem() -> None
         recipe[name].ClearField("param")
         original[name].ClearField("param")
     for name in ("dataTRAIN", "dataTEST"):
-        assert recipe[name].data_param.source.startswith("examples/googlenet_finetune/")
+        assert recipe[name].data_param.source in ("train_lmdb", "val_lmdb")
         recipe[name].data_param.ClearField("source")
         original[name].data_param.ClearField("source")
     assert recipe == original
@@ -157,11 +157,37 @@ def test_deploy_net_finds_each_of_its_blobs_in_training(train_val: Path, deploy:
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_solvers_name_nets_that_exist(solver: Path) -> None:
     param = read_solver_text(str(solver))
-    # lenet_digits runs inside the main job's output folder (a copy of its
-    # recipe); the other recipes run from the repository root.
-    where = solver.parent if solver.parent == LENET else ROOT
-    assert (where / param.net).is_file()
+    # Every recipe runs inside its output folder, a copy of its files.
+    assert (solver.parent / param.net).is_file()
     assert param.snapshot_prefix
+
+
+@pytest.mark.parametrize("recipe", sorted(EXAMPLES.glob("*/*.prototxt")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipes_write_nothing_into_the_source_tree(recipe: Path) -> None:
+    """Every path a recipe reads or writes is relative to the output folder
+    it runs in (out/<recipe> or $CAFFE_FT_OUT/<recipe>), never the examples."""
+    if "solver" in recipe.name:
+        param = read_solver_text(str(recipe))
+        paths = [param.net, param.snapshot_prefix]
+    else:
+        net = read_net_text(str(recipe))
+        paths = [p for lp in net.layer for p in (
+            lp.data_param.source, lp.image_data_param.source, lp.transform_param.mean_file)]
+    for path in filter(None, paths):
+        assert not os.path.isabs(path) and not path.startswith(("examples", "..")), path
+    readme = (recipe.parent / "README.md").read_text()
+    assert 'OUT="${CAFFE_FT_OUT:-out}/' in readme or recipe.parent == LENET
+
+
+def test_main_job_writes_under_caffe_ft_out(tmp_path: Path) -> None:
+    (tmp_path / "main_job").mkdir()
+    (tmp_path / "main_job" / "precious.txt").write_text("keep me")
+    run = subprocess.run(["bash", str(EXAMPLES / "main_job.sh")], capture_output=True,
+                         text=True, check=False, cwd=ROOT,
+                         env={**os.environ, "CAFFE_FT_OUT": str(tmp_path)})
+    assert run.returncode == 1 and f"{tmp_path}/main_job exists" in run.stderr
+    assert os.listdir(tmp_path / "main_job") == ["precious.txt"]
 
 
 CAFFE_LOG = """\

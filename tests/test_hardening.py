@@ -149,10 +149,14 @@ def test_stop_on_nan_stops_before_the_non_finite_update(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, weights(solver)))
 
 
-def test_train_stop_on_nan_flag_reaches_the_solver(tmp_path: Path) -> None:
+@pytest.mark.parametrize("argv, stop", [([], False), (["-stop_on_nan"], True)])
+def test_train_stop_on_nan_flag_reaches_the_solver(
+        tmp_path: Path, argv: list[str], stop: bool) -> None:
+    from caffe_ft.cli.actions import ACTIONS
+    from caffe_ft.cli.flags import parse_flags
     from caffe_ft.cli.train import _solver
     (tmp_path / "net.prototxt").write_text(TINY_NET)
     param = solver_param(f'net: "{tmp_path / "net.prototxt"}"')
-    flags = {"solver": str(tmp_path / "solver.prototxt"), "snapshot": "", "stop_on_nan": True}
+    flags, _ = parse_flags(ACTIONS["train"], ["-solver", str(tmp_path / "s.prototxt"), *argv])
     solver = _solver(param, flags, torch.device("cpu"), lambda: SolverAction.NONE, 0)
-    assert solver.divergence.stop
+    assert solver.divergence.stop is stop

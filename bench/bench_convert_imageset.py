@@ -4,7 +4,11 @@ Makes N realistic 500x375 JPEGs once (crops of the test photos, upscaled,
 with sensor-like noise, quality 90), then times, in the same run:
   (a) a plain loop: cv2.imread, cv2.resize to 256x256, Datum, LMDB put
       (committing every 1000 puts, as Caffe does);
-  (b) caffe_ft's builder with its default worker count, also to 256x256;
+  (b) caffe_ft's builder with its default worker count, also to 256x256:
+      called in this process, or with --cli the `caffe_ft convert_imageset`
+      command in a fresh interpreter (wall time from the start of the
+      process to its exit: imports, worker start and the final flush
+      included, as a user would time Caffe's tool);
   (c) the work no exact builder can skip, on one thread: the decode and
       resize (Caffe's pixels come from a full-size decode), then writing the
       finished Datums to a fresh LMDB.
@@ -14,7 +18,7 @@ median ratio last: timings on a shared machine are noisy), with the ceiling
 any builder has on this machine: the loop's time over (c) spread perfectly
 over every CPU.
 
-    python bench/bench_convert_imageset.py [--count 1000] [--images DIR] [--repeat 3]
+    python bench/bench_convert_imageset.py [--count 1000] [--images DIR] [--repeat 3] [--cli]
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -115,15 +120,27 @@ def timed(run, *args) -> tuple[float, float]:
     return time.perf_counter() - start, cpu() - start_cpu
 
 
+def builder(images: Path, listing: Path, db: Path, workers: int) -> None:
+    convert_imageset(f"{images}/", listing, db,
+                     ConvertOptions(resize_width=SIZE, resize_height=SIZE, workers=workers))
+
+
+def builder_cli(images: Path, listing: Path, db: Path, workers: int) -> None:
+    subprocess.run([sys.executable, "-m", "caffe_ft", "convert_imageset",
+                    f"-resize_height={SIZE}", f"-resize_width={SIZE}", f"-workers={workers}",
+                    f"{images}/", str(listing), str(db)], check=True, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+
+
 def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int,
-             cpus: int) -> float:
+             cpus: int, cli: bool) -> float:
     """One timing of each, back to back; prints them and returns the ratio."""
     for name in ("plain_db", "ours_db"):
         shutil.rmtree(work / name, ignore_errors=True)
     load = os.getloadavg()[0]
     plain, plain_cpu = timed(plain_loop, images, listing, work / "plain_db")
-    ours, ours_cpu = timed(convert_imageset, f"{images}/", listing, work / "ours_db",
-                           ConvertOptions(resize_width=SIZE, resize_height=SIZE, workers=workers))
+    ours, ours_cpu = timed(builder_cli if cli else builder, images, listing, work / "ours_db",
+                           workers)
     decode, _ = timed(decode_and_resize, images, listing)
     with LMDBReader(work / "plain_db") as a, LMDBReader(work / "ours_db") as b:
         records = list(a)
@@ -132,7 +149,8 @@ def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int,
     write, _ = timed(write_only, records, work / "write_db")
     floor = decode + write
     print(f"load {load:4.2f} | plain loop {count / plain:6.1f} images/s "
-          f"({plain_cpu / count * 1e3:.2f} ms CPU/image) | caffe_ft {count / ours:6.1f} images/s "
+          f"({plain_cpu / count * 1e3:.2f} ms CPU/image) | caffe_ft{' CLI' if cli else ''} "
+          f"{count / ours:6.1f} images/s "
           f"({ours_cpu / count * 1e3:.2f} ms CPU/image) | decode+resize alone "
           f"{decode / count * 1e3:.2f} + LMDB {write / count * 1e3:.2f} ms/image | "
           f"ratio {plain / ours:.2f}x (ceiling on {cpus} CPUs {plain / (floor / cpus):.2f}x)",
@@ -145,6 +163,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--images", type=Path, help="folder to keep the generated JPEGs in")
     parser.add_argument("--workers", type=int, default=0, help="0: the builder's default")
+    parser.add_argument("--cli", action="store_true",
+                        help="time the caffe_ft convert_imageset command in a subprocess")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timings of each; the median ratio is reported")
     args = parser.parse_args()
@@ -161,8 +181,8 @@ def main() -> None:
         # An untimed pair first: the first run of each pays one-off costs
         # (imports, fresh memory) that would flatter or hurt one side.
         print("warm-up: ", end="")
-        run_pair(images, listing, work, args.count, args.workers, cpus)
-        ratios = [run_pair(images, listing, work, args.count, args.workers, cpus)
+        run_pair(images, listing, work, args.count, args.workers, cpus, args.cli)
+        ratios = [run_pair(images, listing, work, args.count, args.workers, cpus, args.cli)
                   for _ in range(args.repeat)]
         print(f"median ratio: {statistics.median(ratios):.2f}x")
     finally:

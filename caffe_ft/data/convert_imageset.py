@@ -160,7 +160,10 @@ def _write(job: _Job, entries: list[ListEntry], folder: Path, workers: int, chec
     data_size: int | None = None
     # The pool forks before LMDB opens: a forked child must not inherit an
     # open LMDB environment.
-    with _encoded_records(job, entries, workers) as records, LMDBWriter(folder) as writer, \
+    # Keys start with the record's index padded to 8 digits: in byte order
+    # up to 10^8 records.
+    with _encoded_records(job, entries, workers) as records, \
+            LMDBWriter(folder, ordered=len(entries) <= 10**8) as writer, \
             Progress(len(entries), stream) as progress:
         for index, (entry, (value, size, why)) in enumerate(zip(entries, records)):
             interrupts.check()

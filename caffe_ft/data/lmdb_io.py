@@ -24,11 +24,16 @@ COMMIT_BYTES = 16 << 20
 
 class LMDBWriter:
     """Puts (key, value) pairs into a new LMDB at `path`, committing in batches
-    and growing the map (doubling it) when it is full."""
+    and growing the map (doubling it) when it is full. With `ordered`, the
+    caller promises keys in increasing byte order (convert_imageset's keys
+    start with the record's index), and each put appends at the end of the
+    B-tree without searching it."""
 
     def __init__(self, path: str | os.PathLike[str], map_size: int = INITIAL_MAP_SIZE,
-                 commit_every: int = COMMIT_EVERY, commit_bytes: int = COMMIT_BYTES) -> None:
+                 commit_every: int = COMMIT_EVERY, commit_bytes: int = COMMIT_BYTES,
+                 ordered: bool = False) -> None:
         self.path = os.fspath(path)
+        self.ordered = ordered
         self.commit_every = commit_every
         self.commit_bytes = commit_bytes
         self.resizes = 0
@@ -82,7 +87,7 @@ class LMDBWriter:
             try:
                 with self._env.begin(write=True) as txn:
                     for key, value in self._pending:
-                        txn.put(key, value)
+                        txn.put(key, value, append=self.ordered)
                 break
             except lmdb.MapFullError:
                 self._env.set_mapsize(self.map_size * 2)

@@ -99,3 +99,7 @@ def check_caffemodel(path: Path, work: Workspace) -> None:
 def check_solverstate(path: Path, work: Workspace) -> None:
     """Restore into LeNet's Adam solver, as -snapshot does."""
     work.solver().restore(str(path))
+
+
+# The data kinds (Datums in an LMDB, image lists) register themselves on import.
+import data_kinds  # noqa: E402,F401

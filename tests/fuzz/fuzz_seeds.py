@@ -145,3 +145,5 @@ def write_seeds(folder: Path) -> None:
     param = read_solver_text(solver_path)
     param.snapshot_prefix = str(folder / "lenet")
     Solver(param, str(solver_path)).snapshot()
+    from data_kinds import write_data_seeds  # here: data_kinds imports fuzz_kinds, which imports us
+    write_data_seeds(folder)

@@ -469,7 +469,8 @@ class Net(nn.Module):
         if self.keep_blob_diffs:
             self._backward_layers(len(self.layers) - 1 if start is None else start,
                                   0 if end is None else end, hook)
-        elif start is not None or end is not None or hook is not _no_hook:
+        elif start not in (None, len(self.layers) - 1) or end not in (None, 0) or \
+                hook is not _no_hook:
             raise CaffeError("A backward over a layer range, or timed per layer, needs the "
                              "net to keep blob diffs (keep_blob_diffs) from its forward on")
         else:

@@ -157,7 +157,8 @@ class Net:
                              "weights=None]) or caffe.Net(network_file, weights_file, phase)")
         from caffe_ft.upgrade import read_net_text
         param = read_net_text(os.fspath(network_file))
-        self._attach(CoreNet(param, phase, level, stages or (), source=os.fspath(network_file)))
+        self._attach(CoreNet(param, phase, level, stages or (),
+                             source=os.fspath(network_file)).to(mode.device()))
         if weights:
             self.copy_from(weights)
 
@@ -172,11 +173,12 @@ class Net:
         return net
 
     def _attach(self, net: CoreNet) -> None:
-        self._net = net.to(mode.device())
+        self._net = net
         # pycaffe reads every blob's diff and may run a range of layers backward.
         self._net.keep_blob_diffs = True
         # Wiring never changes, so the views are made once.
-        self._blobs = OrderedDict((name, Blob(self._net, name)) for name in self._net.blob_names)
+        self._blob_dict = OrderedDict((name, Blob(self._net, name))
+                                      for name in self._net.blob_names)
         self._callbacks: dict[str, list[Callback]] = {
             "before_forward": [], "after_forward": [], "before_backward": [],
             "after_backward": []}
@@ -184,20 +186,20 @@ class Net:
     # -- pycaffe's collections -----------------------------------------
     @property
     def blobs(self) -> OrderedDict[str, Blob]:
-        return self._blobs
+        return self._blob_dict
 
     @property
-    def _blobs_list(self) -> list[Blob]:
-        return list(self._blobs.values())
+    def _blobs(self) -> list[Blob]:
+        return list(self._blob_dict.values())
 
     @property
     def _blob_names(self) -> list[str]:
-        return list(self._blobs)
+        return list(self._blob_dict)
 
     @property
     def blob_loss_weights(self) -> OrderedDict[str, float]:
         weights = dict(self._net.loss_tops)
-        return OrderedDict((name, float(weights.get(name, 0.0))) for name in self._blobs)
+        return OrderedDict((name, float(weights.get(name, 0.0))) for name in self._blob_dict)
 
     @property
     def _blob_loss_weights(self) -> list[float]:
@@ -243,14 +245,14 @@ class Net:
 
     def _top_ids(self, index: int) -> list[int]:
         return [self._blob_names.index(name) for name in self._net.top_names[index]
-                if name in self._blobs]
+                if name in self._blob_dict]
 
     def _bottom_ids(self, index: int) -> list[int]:
         return [self._blob_names.index(name) for name in self._net.bottom_names[index]]
 
     @property
     def top_names(self) -> OrderedDict[str, list[str]]:
-        return OrderedDict((layer, [name for name in tops if name in self._blobs])
+        return OrderedDict((layer, [name for name in tops if name in self._blob_dict])
                            for layer, tops in zip(self._layer_names, self._net.top_names))
 
     @property
@@ -260,11 +262,11 @@ class Net:
     # -- running -------------------------------------------------------
     def _forward(self, start: int, end: int) -> float:
         """Caffe's ForwardFromTo: layers start..end; returns the loss."""
-        return float(self._net.forward(start, end, hook=self._hook("forward")).item())
+        return float(self._net.forward(start, end, **self._hook("forward")).item())
 
     def _backward(self, start: int, end: int) -> None:
         """Caffe's BackwardFromTo: layers start down to end."""
-        self._net.backward(start=start, end=end, hook=self._hook("backward"))
+        self._net.backward(start=start, end=end, **self._hook("backward"))
 
     def forward(self, blobs: Sequence[str] | None = None, start: str | None = None,
                 end: str | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
@@ -391,9 +393,12 @@ class Net:
     def after_backward(self, callback: Callback) -> None:
         self._callbacks["after_backward"].append(callback)
 
-    def _hook(self, direction: str) -> LayerHook:
+    def _hook(self, direction: str) -> dict[str, LayerHook]:
+        """The pass's `hook` argument, if any callback is registered for it."""
         before = self._callbacks[f"before_{direction}"]
         after = self._callbacks[f"after_{direction}"]
+        if not before and not after:
+            return {}
 
         @contextlib.contextmanager
         def around(index: int, _: str) -> Iterator[None]:
@@ -403,7 +408,7 @@ class Net:
             for callback in after:
                 callback(index)
 
-        return around
+        return {"hook": around}
 
     # -- weights -------------------------------------------------------
     def copy_from(self, filename: str) -> None:

@@ -303,3 +303,9 @@ class NCCL:
             # 0's stop or snapshot request with every rank.
             DataParallel(solver)
             self._reducing = True
+
+    def __call__(self, layer_index: int) -> None:
+        """As `net.after_backward(nccl)`: Caffe reduces each layer's diffs as
+        its backward ends, to overlap; here the diffs of all layers are
+        reduced at once before the update (`solver.add_callback(nccl)`), so
+        there is nothing to do per layer."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from caffe_ft.blobs import array_to_blob_proto, blob_proto_to_array
+from caffe_ft.blobs import array_to_blob_proto, legacy_shape
 from caffe_ft.data.datum import datum_to_array as _datum_to_array
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
@@ -73,8 +73,21 @@ def oversample(images: list[np.ndarray], crop_dims: tuple[int, int]) -> np.ndarr
     return np.asarray(crops, dtype=np.float32)
 
 
+class BlobShapeError(CaffeError, ValueError):
+    """A BlobProto whose values do not fill its shape (pycaffe raises ValueError)."""
+
+
 def blobproto_to_array(blob: caffe_pb2.BlobProto, return_diff: bool = False) -> np.ndarray:
-    return blob_proto_to_array(blob, diff=return_diff)
+    """pycaffe's reading: `data` (or `diff`) as float64, in the legacy 4-D
+    shape if any of num/channels/height/width is set, else in `shape` (no
+    shape at all: a scalar, so more than one value is an error)."""
+    values = np.array(blob.diff if return_diff else blob.data)
+    legacy = legacy_shape(blob)
+    shape = legacy if legacy is not None else tuple(int(d) for d in blob.shape.dim)
+    if values.size != int(np.prod(shape, dtype=np.int64)):
+        raise BlobShapeError(f"BlobProto holds {values.size} values, which do not fill its "
+                             f"shape {list(shape)}")
+    return values.reshape(shape)
 
 
 def array_to_blobproto(arr: np.ndarray, diff: np.ndarray | None = None) -> caffe_pb2.BlobProto:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from google.protobuf.message import Message
 from torch import nn
 
 from caffe_ft.errors import CaffeError
@@ -145,6 +146,21 @@ class Layer(nn.Module):
         if not -num_axes <= axis < max(num_axes, 1):
             raise self.error(f"axis {axis} out of range for a {num_axes}-D blob")
         return axis + num_axes if axis < 0 else axis
+
+    def check_axis_or_legacy_dim(self, param: Message, legacy: str) -> None:
+        """Caffe's LayerSetUp check: `axis` or the legacy `concat_dim`/`slice_dim`, not both."""
+        if param.HasField("axis") and param.HasField(legacy):
+            raise self.error(f"Either axis or {legacy} should be specified; not both.")
+
+    def axis_or_legacy_dim(self, param: Message, legacy: str, num_axes: int) -> int:
+        """`param.axis`, or the legacy `concat_dim`/`slice_dim` when set (taken
+        as it is, as Caffe does)."""
+        if param.HasField(legacy):
+            dim = getattr(param, legacy)
+            if dim >= num_axes:
+                raise self.error(f"{legacy} {dim} out of range for a {num_axes}-D bottom")
+            return dim
+        return self.canonical_axis(param.axis, num_axes)
 
     def _check_counts(self) -> None:
         for what, given, (low, high) in (("bottom", len(self.param.bottom), self.bottoms),

@@ -179,18 +179,10 @@ class Concat(Layer):
     bottoms = (1, None)
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
-        p = self.param.concat_param
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            raise self.error("Either axis or concat_dim should be specified; not both.")
+        self.check_axis_or_legacy_dim(self.param.concat_param, "concat_dim")
 
     def _axis(self, num_axes: int) -> int:
-        p = self.param.concat_param
-        if p.HasField("concat_dim"):
-            if p.concat_dim >= num_axes:
-                raise self.error(f"concat_dim {p.concat_dim} out of range for a "
-                                 f"{num_axes}-D bottom")
-            return p.concat_dim
-        return self.canonical_axis(p.axis, num_axes)
+        return self.axis_or_legacy_dim(self.param.concat_param, "concat_dim", num_axes)
 
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
         first = tuple(bottom_shapes[0])
@@ -220,18 +212,10 @@ class Slice(Layer):
     tops = (1, None)
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
-        p = self.param.slice_param
-        if p.HasField("axis") and p.HasField("slice_dim"):
-            raise self.error("Either axis or slice_dim should be specified; not both.")
+        self.check_axis_or_legacy_dim(self.param.slice_param, "slice_dim")
 
     def _axis(self, num_axes: int) -> int:
-        p = self.param.slice_param
-        if p.HasField("slice_dim"):
-            if p.slice_dim >= num_axes:
-                raise self.error(f"slice_dim {p.slice_dim} out of range for a "
-                                 f"{num_axes}-D bottom")
-            return p.slice_dim
-        return self.canonical_axis(p.axis, num_axes)
+        return self.axis_or_legacy_dim(self.param.slice_param, "slice_dim", num_axes)
 
     def _sizes(self, shape: Shape) -> tuple[int, list[int]]:
         axis = self._axis(len(shape))

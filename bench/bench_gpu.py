@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import (  # noqa: E402
     BASE_LR, CORPUS, GoogLeNet, torch_step, with_inputs)
 
-from caffe_ft.log import setup_logging  # noqa: E402
+from caffe_ft.glog import setup_logging  # noqa: E402
 from caffe_ft.parity import using_flags  # noqa: E402
 from caffe_ft.proto import caffe_pb2  # noqa: E402
 from caffe_ft.solver import Solver  # noqa: E402

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_train_step import (BASE_LR, CORPUS, MOMENTUM, WEIGHT_DECAY,  # noqa: E402
                               GoogLeNet, torch_step, with_inputs)
-from caffe_ft.log import setup_logging  # noqa: E402
+from caffe_ft.glog import setup_logging  # noqa: E402
 from caffe_ft.net import Net  # noqa: E402
 from caffe_ft.proto import caffe_pb2  # noqa: E402
 from caffe_ft.solver import Solver  # noqa: E402

@@ -27,7 +27,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from caffe_ft.log import setup_logging  # noqa: E402
+from caffe_ft.glog import setup_logging  # noqa: E402
 from caffe_ft.proto import caffe_pb2  # noqa: E402
 from caffe_ft.solver import Solver  # noqa: E402
 from caffe_ft.upgrade import read_net_text  # noqa: E402

@@ -1,4 +1,4 @@
-"""The text of a progress line (caffe_ft.log.StatusLine draws it): a bar and
+"""The text of a progress line (caffe_ft.glog.StatusLine draws it): a bar and
 an H:MM:SS clock, shared by the database build and the training line."""
 from __future__ import annotations
 

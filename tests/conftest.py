@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.parity import parity_flags, using_flags
 from solver_helpers import captured_log
 

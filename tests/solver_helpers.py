@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from caffe_ft.log import GlogFormatter, logger
+from caffe_ft.glog import GlogFormatter, logger
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
 from caffe_ft.solver import Solver

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger, setup_logging
+from caffe_ft.glog import logger, setup_logging
 from caffe_ft.net.weights import copy_trained_layers_from
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary

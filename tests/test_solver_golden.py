@@ -48,7 +48,7 @@ import torch
 from caffe_ft.blobs import array_to_blob_proto, blob_proto_to_array
 from caffe_ft.cli import main
 from caffe_ft.data.prefetch import WORKERS_ENV
-from caffe_ft.log import GlogFormatter, logger
+from caffe_ft.glog import GlogFormatter, logger
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary, write_binary
 from caffe_ft.solver.state import read_state

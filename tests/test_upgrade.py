@@ -56,7 +56,7 @@ class _Records(logging.Handler):
 @pytest.fixture
 def caffe_log() -> Iterator[_Records]:
     """The "caffe_ft" logger's records. Attached to that logger itself, since
-    caffe_ft.log.setup_logging stops propagation to the root (and caplog)."""
+    caffe_ft.glog.setup_logging stops propagation to the root (and caplog)."""
     logger = logging.getLogger("caffe_ft")
     handler = _Records()
     old_level = logger.level

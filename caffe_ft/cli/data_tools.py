@@ -12,7 +12,7 @@ from caffe_ft.data.convert_imageset import (
     convert_imageset,
 )
 from caffe_ft.errors import UsageError
-from caffe_ft.log import setup_logging
+from caffe_ft.glog import setup_logging
 
 
 def convert_imageset_action(flags: dict[str, Any], args: list[str]) -> int:

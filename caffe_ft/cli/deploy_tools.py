@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from caffe_ft.errors import UsageError
-from caffe_ft.log import setup_logging
+from caffe_ft.glog import setup_logging
 
 
 def _require(flags: dict[str, Any], names: tuple[str, ...], purpose: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from caffe_ft.errors import CaffeError, UsageError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 
 
 def gpu_ids(flag: str) -> list[int]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.net import Net
 
 

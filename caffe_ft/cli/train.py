@@ -15,7 +15,7 @@ from caffe_ft.cli.devices import device_for, gpu_ids
 from caffe_ft.cli.flags import flag_arguments
 from caffe_ft.cli.timing import time_net
 from caffe_ft.errors import CaffeError, UsageError
-from caffe_ft.log import logger, setup_logging
+from caffe_ft.glog import logger, setup_logging
 from caffe_ft.net import Net
 from caffe_ft.net.weights import copy_trained_layers_from
 from caffe_ft.parity import default_parity, set_parity_mode

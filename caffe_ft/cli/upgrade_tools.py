@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from caffe_ft.log import logger, setup_logging
+from caffe_ft.glog import logger, setup_logging
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary, read_text, write_binary, write_text
 from caffe_ft.upgrade import (

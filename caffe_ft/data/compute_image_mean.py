@@ -10,7 +10,7 @@ from caffe_ft.blobs import array_to_blob_proto
 from caffe_ft.data.datum import datum_to_array, datum_where, parse_datum
 from caffe_ft.data.lmdb_io import LMDBReader, check_backend
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.protofile import write_binary
 
 # Caffe logs progress every 10000 Datums.

@@ -39,7 +39,7 @@ from caffe_ft.data.partial_db import make_partial, remove_stale_partials
 from caffe_ft.data.progress import Progress
 from caffe_ft.data.workers import Arena, OrderedWorkers, Region, WorkerDied
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 
 # How many skipped images the final summary names (each was warned about).
 _SUMMARY_NAMES = 10

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 
 _SUFFIX = ".partial"
 

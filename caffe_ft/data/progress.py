@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from caffe_ft.log import StatusLine, logger
+from caffe_ft.glog import StatusLine, logger
 from caffe_ft.progress_bar import bar, clock
 
 # Caffe's convert_imageset logs (and commits) every 1000 written Datums.

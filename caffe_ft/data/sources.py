@@ -25,7 +25,7 @@ from caffe_ft.data.image_list import ListEntry
 from caffe_ft.data.rng import CaffeRNG
 from caffe_ft.data.transformer import DataTransformer
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 
 
 # Makes the float32 arrays of a batch, given their shapes.

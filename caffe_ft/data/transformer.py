@@ -18,7 +18,7 @@ from caffe_ft.blobs import blob_proto_to_array
 from caffe_ft.data.datum import datum_to_array, decode_image, image_to_array
 from caffe_ft.data.rng import CaffeRNG
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary
 

@@ -32,7 +32,7 @@ from caffe_ft.fillers import FILLERS as KNOWN_FILLERS
 from caffe_ft.fillers import fill
 from caffe_ft.layers.base import TRAIN, Layer, Shape
 from caffe_ft.layers.registry import register
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2
 
 LEVELDB = caffe_pb2.DataParameter.LEVELDB

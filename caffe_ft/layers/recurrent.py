@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from caffe_ft.layers.base import Layer, Shape
 from caffe_ft.layers.registry import register
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 
 Ctx = torch.autograd.function.FunctionCtx
 

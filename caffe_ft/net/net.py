@@ -27,7 +27,7 @@ from caffe_ft.blobs import shape_string
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.base import Shape
 from caffe_ft.layers.families import check_supported
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.net.filter import filter_net
 from caffe_ft.net.fusion import FusionPlan
 from caffe_ft.net.params import LearnableParam

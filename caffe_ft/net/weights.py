@@ -19,7 +19,7 @@ import torch
 
 from caffe_ft.blobs import array_to_blob_proto, legacy_shape, shape_string
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.net.hdf5_weights import HDF5_SIGNATURE, read_hdf5_layers
 from caffe_ft.net.net import Net
 from caffe_ft.proto import caffe_pb2

@@ -15,7 +15,7 @@ from caffe_ft.blobs import shape_string
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.base import Layer, Shape
 from caffe_ft.layers.families import layer_class
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.net.params import ParamTable
 from caffe_ft.proto import caffe_pb2
 

@@ -8,7 +8,7 @@ import logging
 import torch
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger, setup_logging
+from caffe_ft.glog import logger, setup_logging
 
 _GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: logging.CRITICAL}
 

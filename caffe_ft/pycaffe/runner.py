@@ -15,7 +15,6 @@ import runpy
 import sys
 import types
 from collections.abc import Sequence
-from typing import Any
 
 import caffe_ft
 from caffe_ft.errors import CaffeError
@@ -29,12 +28,7 @@ def face() -> types.ModuleType:
     """The module a script gets for `import caffe`: pycaffe's names, loaded on use."""
     module = types.ModuleType(PACKAGE, "pycaffe's API, served by caffe_ft")
 
-    def attribute(name: str) -> Any:
-        if name == "log":  # caffe_ft.log is the glog module; pycaffe's log is a function
-            return importlib.import_module(caffe_ft.EXPORTS[name]).log
-        return caffe_ft.__getattr__(name)
-
-    module.__getattr__ = attribute  # type: ignore[method-assign]
+    module.__getattr__ = caffe_ft.__getattr__  # type: ignore[method-assign]
     module.__path__ = []  # a package, so `import caffe.draw` asks the finder below
     module.__all__ = list(caffe_ft.__all__)
     module.__version__ = caffe_ft.__version__

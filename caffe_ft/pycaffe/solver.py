@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.pycaffe import mode
 from caffe_ft.pycaffe.net import Net

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 
 
 class DivergenceWatch:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 
 _POLL_SECONDS = 0.2
 # How long ranks get to leave after SIGTERM before they are killed.

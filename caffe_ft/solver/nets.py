@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.net import Net
 from caffe_ft.net.weights import copy_trained_layers_from
 from caffe_ft.proto import caffe_pb2

@@ -3,14 +3,14 @@
     Iteration 1200/10000 [###...........] 3.41 iter/s, loss 0.2345, ETA 0:43:01
 
 It is drawn on stderr only when stderr is a terminal, and log records erase
-it and draw it again after themselves (caffe_ft.log.StatusLine), so a log
+it and draw it again after themselves (caffe_ft.glog.StatusLine), so a log
 in a file or a pipe (what parse_log.py reads) is exactly Caffe's."""
 from __future__ import annotations
 
 import time
 from typing import TextIO
 
-from caffe_ft.log import StatusLine
+from caffe_ft.glog import StatusLine
 from caffe_ft.progress_bar import bar, clock
 
 _REDRAW_SECONDS = 0.2

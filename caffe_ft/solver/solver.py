@@ -19,7 +19,7 @@ import torch
 from google.protobuf import text_format
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.net import Net
 from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
 from caffe_ft.proto import caffe_pb2

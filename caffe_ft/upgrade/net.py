@@ -4,7 +4,7 @@ Caffe's order with Caffe's log lines."""
 from __future__ import annotations
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.upgrade.step import run_upgrade_step
 from caffe_ft.upgrade.v0 import net_needs_v0_to_v1_upgrade, upgrade_v0_net

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.upgrade.step import run_upgrade_step
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 
 
 def run_upgrade_step(attempt: str, source: str, upgrade: Callable[[], bool], succeeded: str,

@@ -10,7 +10,7 @@ a padding layer that cannot be folded is fatal.
 from __future__ import annotations
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2
 
 V1 = caffe_pb2.V1LayerParameter

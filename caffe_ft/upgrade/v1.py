@@ -3,7 +3,7 @@ V1 → V2 (upgrade_proto.cpp UpgradeNetDataTransformation, UpgradeV1Net)."""
 from __future__ import annotations
 
 from caffe_ft.errors import CaffeError
-from caffe_ft.log import logger
+from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2
 
 V1 = caffe_pb2.V1LayerParameter

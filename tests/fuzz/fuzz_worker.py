@@ -81,7 +81,7 @@ def main(argv: list[str]) -> None:
     import torch
     from fuzz_kinds import Workspace
 
-    from caffe_ft.log import logger
+    from caffe_ft.glog import logger
 
     logger.setLevel(logging.CRITICAL)
     torch.set_num_threads(1)

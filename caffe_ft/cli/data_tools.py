@@ -11,12 +11,16 @@ from caffe_ft.data.convert_imageset import (
     convert_class_folders,
     convert_imageset,
 )
+from caffe_ft.data.heap import keep_freed_memory
 from caffe_ft.errors import UsageError
 from caffe_ft.glog import setup_logging
 
 
 def convert_imageset_action(flags: dict[str, Any], args: list[str]) -> int:
     setup_logging()
+    # This process only builds: let LMDB's per-commit buffers stay mapped
+    # (the workers it forks inherit the setting).
+    keep_freed_memory()
     options = ConvertOptions(
         gray=flags["gray"], shuffle=flags["shuffle"], backend=flags["backend"],
         resize_width=flags["resize_width"], resize_height=flags["resize_height"],

@@ -39,6 +39,7 @@ from typing import Generic, Protocol, TypeVar
 
 import cv2
 
+from caffe_ft.data.heap import keep_freed_memory
 from caffe_ft.errors import CaffeError
 
 C = TypeVar("C")
@@ -282,6 +283,8 @@ def _serve(conn: Connection, func: Callable[[C, T, Arena], R], context: C,
     # The parent's SIGTERM handler came along with the fork: drop it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A worker's items free and reallocate the same large buffers.
+    keep_freed_memory()
     memories = [memoryview(arena) for arena in arenas]
     while True:
         try:

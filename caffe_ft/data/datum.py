@@ -6,6 +6,7 @@ are decoded with OpenCV, so pixels match what Caffe itself would see.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import cv2
@@ -25,17 +26,15 @@ class RawDatum:
     """Caffe's CVMatToDatum for an H×W (gray) or H×W×C uint8 image, as the
     bytes Datum.SerializeToString() gives for channels, height, width, data
     (C×H×W), label and encoded=false (set explicitly, as Caffe does), written
-    in one pass by write_into: a 200 KB image then costs one strided copy
+    in one pass by write_into: a 200 KB image then costs one deinterleave
     instead of a transpose, a message and its serialization."""
 
     def __init__(self, image: np.ndarray, label: int, where: str) -> None:
         self.pixels = image_to_array(image, where)  # a C×H×W view
         channels, height, width = self.pixels.shape
         self.data_size = channels * height * width
-        self._head = b"".join((_field(1, 0), _varint(channels), _field(2, 0), _varint(height),
-                               _field(3, 0), _varint(width), _field(4, 2),
-                               _varint(self.data_size)))
-        self._tail = _field(5, 0) + _varint(label) + _field(7, 0) + b"\x00"
+        self._head = _raw_head(channels, height, width)
+        self._tail = _raw_tail(label)
 
     def __len__(self) -> int:
         return len(self._head) + self.data_size + len(self._tail)
@@ -52,6 +51,22 @@ class RawDatum:
         buffer = bytearray(len(self))
         self.write_into(memoryview(buffer))
         return bytes(buffer)
+
+
+# A build's Datums share one shape and a few labels: their fields before and
+# after the pixels are encoded once.
+@functools.lru_cache(maxsize=64)
+def _raw_head(channels: int, height: int, width: int) -> bytes:
+    """channels, height, width and the data field's tag and length."""
+    return b"".join((_field(1, 0), _varint(channels), _field(2, 0), _varint(height),
+                     _field(3, 0), _varint(width), _field(4, 2),
+                     _varint(channels * height * width)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _raw_tail(label: int) -> bytes:
+    """label and encoded=false."""
+    return _field(5, 0) + _varint(label) + _field(7, 0) + b"\x00"
 
 
 def _copy_planes(pixels: np.ndarray, planes: np.ndarray) -> None:

@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -233,17 +234,23 @@ def test_map_grows_from_a_tiny_initial_map(tmp_path: Path,
         assert list(ours) == list(golden)
 
 
-def test_writer_replays_a_transaction_when_the_map_fills(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Without the growth ahead of each commit, only MapFullError can grow it.
-    monkeypatch.setattr(LMDBWriter, "_reserve", lambda self: None)
-    values = {b"%04d" % i: bytes([i % 251]) * 3000 for i in range(200)}
-    with LMDBWriter(tmp_path / "db", map_size=16384, commit_every=150) as writer:
-        for key, value in values.items():
-            writer.put(key, value)
+@pytest.mark.parametrize("ordered", [True, False])
+def test_writer_grows_a_tiny_map_before_any_put_fills_it(tmp_path: Path, ordered: bool) -> None:
+    # Values go straight into the open transaction and are not kept, so a
+    # MapFullError (a CaffeError here) would lose them: the map must grow
+    # ahead, for values on overflow pages and for small ones that split
+    # leaves and branches, appended or in random key order.
+    rng = random.Random(0)
+    keys = [b"%06d" % i + b"k" * rng.randrange(0, 200) for i in range(3000)]
+    values = {key: bytes([i % 251]) * rng.choice([10, 300, 3000, 9000])
+              for i, key in enumerate(keys)}
+    order = sorted(values) if ordered else rng.sample(sorted(values), len(values))
+    with LMDBWriter(tmp_path / "db", map_size=16384, commit_every=150,
+                    ordered=ordered) as writer:
+        for key in order:
+            writer.put(key, memoryview(values[key]))
     assert writer.resizes > 0
     with LMDBReader(tmp_path / "db") as reader:
-        assert len(reader) == len(values)
         assert list(reader) == sorted(values.items())
 
 

@@ -14,20 +14,28 @@ from caffe_ft.data.workers import Payload
 from caffe_ft.errors import CaffeError
 
 # A small first map keeps tiny databases cheap on systems that reserve the
-# whole map; the writer doubles it whenever LMDB reports the map full.
+# whole map; the writer doubles it whenever a put might not fit.
 INITIAL_MAP_SIZE = 64 << 20
-# Caffe commits every 1000 puts. The byte limit bounds the memory held for a
-# transaction that may have to be replayed after a map resize.
+# Caffe commits every 1000 puts. The byte limit bounds the dirty pages LMDB
+# holds in memory for one transaction.
 COMMIT_EVERY = 1000
 COMMIT_BYTES = 16 << 20
+# Pages one transaction may take beyond its puts' own: the copied path to the
+# rightmost leaf, the free-page list and the meta page.
+_TXN_PAGES = 64
 
 
 class LMDBWriter:
     """Puts (key, value) pairs into a new LMDB at `path`, committing in batches
-    and growing the map (doubling it) when it is full. With `ordered`, the
-    caller promises keys in increasing byte order (convert_imageset's keys
-    start with the record's index), and each put appends at the end of the
-    B-tree without searching it."""
+    and growing the map (doubling it) ahead of any put that might not fit.
+    With `ordered`, the caller promises keys in increasing byte order
+    (convert_imageset's keys start with the record's index), and each put
+    appends at the end of the B-tree without searching it.
+
+    Each value goes straight into the open transaction, which copies it: a
+    caller may pass a view of a buffer it reuses, and no copy is kept to
+    replay a transaction, so the map is grown before a put could fill it
+    (MapFullError would lose the transaction)."""
 
     def __init__(self, path: str | os.PathLike[str], map_size: int = INITIAL_MAP_SIZE,
                  commit_every: int = COMMIT_EVERY, commit_bytes: int = COMMIT_BYTES,
@@ -37,12 +45,15 @@ class LMDBWriter:
         self.commit_every = commit_every
         self.commit_bytes = commit_bytes
         self.resizes = 0
-        self._pending: list[tuple[bytes, memoryview]] = []
-        self._pending_bytes = 0
-        # Pending values are copied into one reused buffer: fresh memory for
-        # each 200 KB value costs more in page faults than the copy itself.
-        self._pool = bytearray(commit_bytes)
-        self._pool_used = 0
+        self._txn: lmdb.Transaction | None = None
+        self._puts = 0
+        self._bytes = 0
+        # At most how many pages the open transaction's puts add to those
+        # the committed database uses.
+        self._txn_pages = 0
+        # A Payload is written here to be put: one reused buffer, not fresh
+        # memory for each 200 KB value.
+        self._scratch = bytearray()
         try:
             # Commits only hand pages to the OS; close() flushes them to disk
             # once. Callers build in a temporary folder renamed after close(),
@@ -51,68 +62,79 @@ class LMDBWriter:
                                   metasync=False, readahead=False)
         except lmdb.Error as err:
             raise CaffeError(f"Cannot create LMDB {self.path}: {err}") from None
+        info, stat = self._env.info(), self._env.stat()
+        self._map_size = int(info["map_size"])
+        self._page = int(stat["psize"])
+        self._used_pages = int(info["last_pgno"]) + 1
+        self._depth = int(stat["depth"])
         self._flusher = _BackgroundFlush(os.path.join(self.path, "data.mdb"))
 
     @property
     def map_size(self) -> int:
-        return int(self._env.info()["map_size"])
+        return self._map_size
 
     def put(self, key: bytes, value: bytes | memoryview | Payload) -> None:
-        """Queue a pair for the next commit. The value is copied (a Payload
-        writes itself), so it may live in a buffer the caller reuses."""
+        """Put a pair into the open transaction, which copies the value (a
+        Payload writes itself into a reused buffer first)."""
         size = len(value)
-        if self._pool_used + size > len(self._pool):
+        if self._txn is not None and (self._puts >= self.commit_every
+                                      or self._bytes + len(key) + size > self.commit_bytes):
             self.commit()
-        if size <= len(self._pool):
-            start, self._pool_used = self._pool_used, self._pool_used + size
-            stored = memoryview(self._pool)[start:self._pool_used]
-            if isinstance(value, (bytes, bytearray, memoryview)):
-                stored[:] = value
-            else:
-                value.write_into(stored)
-        else:
-            stored = memoryview(bytes(value))
-        self._pending.append((key, stored))
-        self._pending_bytes += len(key) + size
-        if len(self._pending) >= self.commit_every or self._pending_bytes >= self.commit_bytes:
-            self.commit()
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            if len(self._scratch) < size:
+                self._scratch = bytearray(size)
+            stored = memoryview(self._scratch)[:size]
+            value.write_into(stored)
+            value = stored
+        # At most: the value's overflow pages (or a share of a leaf), a new
+        # leaf and a new branch page; unless appending, also a copy of the
+        # path to the key's leaf, whose depth may grow while the transaction
+        # is open (hence two levels over the last commit's).
+        pages = -(-(len(key) + size + 64) // self._page) + 2
+        if not self.ordered:
+            pages += self._depth + 2
+        self._make_room(pages)
+        if self._txn is None:
+            self._txn = self._env.begin(write=True)
+        try:
+            self._txn.put(key, value, append=self.ordered)
+        except lmdb.MapFullError:
+            raise CaffeError(f"Cannot write LMDB {self.path}: the map filled although "
+                             f"{self._map_size} bytes were reserved for it") from None
+        except lmdb.Error as err:
+            raise CaffeError(f"Cannot write LMDB {self.path}: {err}") from None
+        self._puts += 1
+        self._bytes += len(key) + size
+        self._txn_pages += pages
+
+    def _make_room(self, pages: int) -> None:
+        """Double the map until the open transaction and `pages` more fit;
+        LMDB resizes only between transactions, so the open one commits first."""
+        needed = (self._used_pages + _TXN_PAGES + self._txn_pages + pages) * self._page
+        size = self._map_size
+        if needed <= size:
+            return
+        self.commit()
+        needed = (self._used_pages + _TXN_PAGES + pages) * self._page
+        while size < needed:
+            size *= 2
+        self._env.set_mapsize(size)
+        self._map_size = size
+        self.resizes += 1
 
     def commit(self) -> None:
-        """Write the pending pairs in one transaction; a full map aborts it,
-        doubles the map and replays the transaction."""
-        if not self._pending:
+        """Commit the open transaction, if any."""
+        if self._txn is None:
             return
-        self._reserve()
-        while True:
-            try:
-                with self._env.begin(write=True) as txn:
-                    for key, value in self._pending:
-                        txn.put(key, value, append=self.ordered)
-                break
-            except lmdb.MapFullError:
-                self._env.set_mapsize(self.map_size * 2)
-                self.resizes += 1
-            except lmdb.Error as err:
-                raise CaffeError(f"Cannot write LMDB {self.path}: {err}") from None
-        self._pending.clear()
-        self._pending_bytes = 0
-        self._pool_used = 0
+        txn, self._txn = self._txn, None
+        try:
+            txn.commit()
+        except lmdb.Error as err:
+            raise CaffeError(f"Cannot write LMDB {self.path}: {err}") from None
+        self._used_pages = int(self._env.info()["last_pgno"]) + 1
+        self._depth = int(self._env.stat()["depth"])
+        self._puts = self._bytes = self._txn_pages = 0
         self._flusher.start()
-
-    def _reserve(self) -> None:
-        """Grow the map before a commit that would likely fill it: replaying
-        a large transaction after MapFullError costs as much as writing it."""
-        info, stat = self._env.info(), self._env.stat()
-        used = (info["last_pgno"] + 1) * stat["psize"]
-        # Values spill into whole overflow pages and keys need leaf pages:
-        # leave a quarter of headroom over the raw byte count.
-        needed = used + self._pending_bytes + self._pending_bytes // 4
-        size = info["map_size"]
-        if needed > size:
-            while size < needed:
-                size *= 2
-            self._env.set_mapsize(size)
-            self.resizes += 1
 
     def close(self) -> None:
         """Commit what is pending, flush everything to disk and close."""
@@ -129,6 +151,8 @@ class LMDBWriter:
         if kind is None:
             self.close()
         else:
+            if self._txn is not None:
+                self._txn.abort()
             self._flusher.close(check=False)
             self._env.close()
 

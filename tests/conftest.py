@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,22 @@ from caffe_ft.parity import parity_flags, using_flags
 from solver_helpers import captured_log
 
 FIXTURES = Path(__file__).parent / "fixtures"
+TEST_DEVICE_ENV = "CAFFE_FT_TEST_DEVICE"
+
+
+def _test_device() -> torch.device:
+    """Where the golden layer and solver cases compute: the CPU, or the GPU
+    when CAFFE_FT_TEST_DEVICE=cuda (tools/gpu_check.sh), so Caffe's own
+    outputs check our CUDA kernels too under the same tolerances."""
+    name = os.environ.get(TEST_DEVICE_ENV, "cpu")
+    if name not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"{TEST_DEVICE_ENV}={name!r}: expected 'cpu' or 'cuda'")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"{TEST_DEVICE_ENV}=cuda, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+TEST_DEVICE = _test_device()
 
 
 def golden_db(case: str, tmp_path: Path) -> Path:

@@ -33,7 +33,9 @@ layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 '''
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])]
 
 
 @pytest.fixture(params=["view", "mirror"])

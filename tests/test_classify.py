@@ -146,6 +146,7 @@ def test_gpu_flag_without_cuda_is_a_user_error(tmp_path: Path,
     assert "no CUDA device 0" in capsys.readouterr().err
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_classification_matches_cpu(tmp_path: Path) -> None:
     model, weights = saved_net(tmp_path, GRAY_DEPLOY, "gray")

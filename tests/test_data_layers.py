@@ -289,6 +289,7 @@ def test_a_dead_worker_is_reported(small_db: tuple[Path, list[bytes]],
             net.forward()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batches_reach_cuda_pinned_and_unchanged(encoded_db: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """Every layer case produced by real BVLC Caffe (golden/layers): forward
 blobs, BatchNorm's updated stats, and backward diffs, within the README's
-float32 tolerances."""
+float32 tolerances, on conftest's TEST_DEVICE."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from caffe_ft.net import Net
 from caffe_ft.net.weights import copy_trained_layers
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary, read_text
-from conftest import FIXTURES
+from conftest import FIXTURES, TEST_DEVICE
 
 CASES_DIR = FIXTURES / "golden_layers"
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if p.is_dir())
@@ -26,7 +26,8 @@ def _run_case(case: str) -> tuple[Net, dict, dict[str, np.ndarray]]:
     meta = json.loads((folder / "meta.json").read_text())
     data = dict(np.load(folder / "data.npz"))
     param = read_text(folder / "net.prototxt", caffe_pb2.NetParameter())
-    net = Net(param, getattr(caffe_pb2, meta["phase"]), source=str(folder / "net.prototxt"))
+    net = Net(param, getattr(caffe_pb2, meta["phase"]),
+              source=str(folder / "net.prototxt")).to(TEST_DEVICE)
     weights = read_binary(folder / "weights.caffemodel", caffe_pb2.NetParameter())
     copy_trained_layers(net, weights, str(folder / "weights.caffemodel"))
     net.keep_blob_diffs = True

@@ -121,6 +121,7 @@ def test_time_action_reports_every_layer(model_dir: Path) -> None:
     assert messages[-1] == "*** Benchmark ends ***"
 
 
+@pytest.mark.cuda  # checks `device_query -gpu 0` on a GPU, its error without one
 def test_device_query(capsys: pytest.CaptureFixture) -> None:
     with captured_log() as messages:
         code = main(["device_query", "-gpu", "0"])

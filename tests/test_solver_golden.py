@@ -54,7 +54,7 @@ from caffe_ft.protofile import read_binary, write_binary
 from caffe_ft.solver.state import read_state
 from caffe_ft.upgrade import read_net_text
 from caffe_log_parser import display_losses, parse_log
-from conftest import FIXTURES
+from conftest import FIXTURES, TEST_DEVICE
 
 GOLDEN = FIXTURES / "golden_solvers"
 CASES = sorted(p.parent.name for p in GOLDEN.glob("*/solver.prototxt"))
@@ -89,12 +89,14 @@ def stage_case(case: str, root: Path) -> Path:
 
 
 def run_train(log: Path, *argv: str) -> str:
-    """`caffe_ft train ARGV`, with the log also written to `log`."""
+    """`caffe_ft train ARGV` on conftest's TEST_DEVICE, with the log also
+    written to `log`."""
     handler = logging.FileHandler(log)
     handler.setFormatter(GlogFormatter())
     logger.addHandler(handler)
     try:
-        assert main(["train", *argv]) == 0
+        gpu = ["-gpu", "0"] if TEST_DEVICE.type == "cuda" else []
+        assert main(["train", *argv, *gpu]) == 0
     finally:
         logger.removeHandler(handler)
         handler.close()

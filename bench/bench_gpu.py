@@ -159,8 +159,11 @@ def write_jpeg_db(path: Path, count: int) -> None:
 
 
 # -- timing --------------------------------------------------------------------
-def images_per_second(step: Callable[[], None], batch: int, warmup: int, steps: int,
-                      device: torch.device) -> float:
+def images_per_second(make: Callable[[], Callable[[], None]], batch: int, warmup: int,
+                      steps: int, device: torch.device) -> float:
+    """Images/s of the step `make` builds; the step and its net are freed
+    before the next one is built, so one model at a time holds the device."""
+    step = make()
     for _ in range(warmup):  # allocation, cuDNN autotuning, the data workers' start
         step()
     if device.type == "cuda":
@@ -176,11 +179,11 @@ def images_per_second(step: Callable[[], None], batch: int, warmup: int, steps: 
         for _ in range(steps):
             step()
         seconds = time.perf_counter() - begin
-    result = batch * steps / seconds
-    gc.collect()  # the step's solver or module goes now, before the next is built
+    del step
+    gc.collect()  # solvers and modules hold reference cycles
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return result
+    return batch * steps / seconds
 
 
 def report(name: str, batch: int, mode: str, a: float, b: float) -> None:
@@ -217,10 +220,10 @@ def main() -> None:
             data = torch.rand((batch, 3, crop, crop), generator=generator).to(device)
             label = torch.randint(0, classes, (batch,), generator=generator).to(device)
             for mode in ("fp32", "bf16"):
-                a = images_per_second(ours(build(tuple(data.shape)), data, label, mode),
+                a = images_per_second(lambda: ours(build(tuple(data.shape)), data, label, mode),
                                       batch, args.warmup, args.steps, device)
-                b = images_per_second(theirs(module_class(), data, label,
-                                             Precision(mode, device.type)),
+                b = images_per_second(lambda: theirs(module_class(), data, label,
+                                                     Precision(mode, device.type)),
                                       batch, args.warmup, args.steps, device)
                 report(name, batch, mode, a, b)
     if args.data_batch:
@@ -233,10 +236,11 @@ def main() -> None:
             # Enough images that the timed steps read past the warm-up's.
             write_jpeg_db(source, batch * (args.warmup + args.steps + 1))
             for mode in ("fp32", "bf16"):
-                a = images_per_second(ours_from_db(source, batch, device, mode),
+                a = images_per_second(lambda: ours_from_db(source, batch, device, mode),
                                       batch, args.warmup, args.steps, device)
-                b = images_per_second(ours(train_val(GOOGLENET)(tuple(data.shape)), data,
-                                           label, mode), batch, args.warmup, args.steps, device)
+                b = images_per_second(lambda: ours(train_val(GOOGLENET)(tuple(data.shape)),
+                                                   data, label, mode),
+                                      batch, args.warmup, args.steps, device)
                 report(f"lmdb/{mode}", batch, "data", a, b)
 
 

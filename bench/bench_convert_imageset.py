@@ -18,7 +18,16 @@ median ratio last: timings on a shared machine are noisy), with the ceiling
 any builder has on this machine: the loop's time over (c) spread perfectly
 over every CPU.
 
+With --caffe-model (needs g++), also a model of BVLC Caffe's own tool, which
+is not installed here: its one-thread decode and resize (the same OpenCV
+calls, timed in (c)), its C++ Datum copies per image (caffe_datum_copies.cpp:
+CVMatToDatum's per-pixel scatter, set_data, SerializeToString, the
+transaction's copies) and its LMDB writes (mdb_put and a commit with fsync,
+as Caffe opens LMDB: the LMDB time in (c)). Process start and glog are left out, so the
+model is if anything faster than Caffe's tool.
+
     python bench/bench_convert_imageset.py [--count 1000] [--images DIR] [--repeat 3] [--cli]
+                                           [--caffe-model]
 """
 from __future__ import annotations
 
@@ -132,9 +141,20 @@ def builder_cli(images: Path, listing: Path, db: Path, workers: int) -> None:
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
 
 
+def caffe_copies_ms(work: Path) -> float:
+    """Milliseconds per image of Caffe's C++ Datum copies, compiled -O2 as
+    Caffe's release build is."""
+    binary = work / "caffe_datum_copies"
+    subprocess.run(["g++", "-O2", "-o", str(binary),
+                    str(Path(__file__).resolve().parent / "caffe_datum_copies.cpp")], check=True)
+    return min(float(subprocess.run([str(binary)], check=True, capture_output=True,
+                                    text=True).stdout.split()[0]) for _ in range(3))
+
+
 def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int,
-             cpus: int, cli: bool) -> float:
-    """One timing of each, back to back; prints them and returns the ratio."""
+             cpus: int, cli: bool, copies_ms: float | None) -> tuple[float, float | None]:
+    """One timing of each, back to back; prints them and returns the ratio to
+    the loop and, with copies_ms, to the model of Caffe's tool."""
     for name in ("plain_db", "ours_db"):
         shutil.rmtree(work / name, ignore_errors=True)
     load = os.getloadavg()[0]
@@ -148,14 +168,17 @@ def run_pair(images: Path, listing: Path, work: Path, count: int, workers: int,
     shutil.rmtree(work / "write_db", ignore_errors=True)
     write, _ = timed(write_only, records, work / "write_db")
     floor = decode + write
+    caffe = None if copies_ms is None else decode + write + copies_ms * count / 1e3
+    model = "" if caffe is None else (f" | model of Caffe's tool {caffe:.2f} s: "
+                                      f"caffe_ft {caffe / ours:.2f}x")
     print(f"load {load:4.2f} | plain loop {count / plain:6.1f} images/s "
           f"({plain_cpu / count * 1e3:.2f} ms CPU/image) | caffe_ft{' CLI' if cli else ''} "
           f"{count / ours:6.1f} images/s "
           f"({ours_cpu / count * 1e3:.2f} ms CPU/image) | decode+resize alone "
           f"{decode / count * 1e3:.2f} + LMDB {write / count * 1e3:.2f} ms/image | "
-          f"ratio {plain / ours:.2f}x (ceiling on {cpus} CPUs {plain / (floor / cpus):.2f}x)",
-          flush=True)
-    return plain / ours
+          f"ratio {plain / ours:.2f}x (ceiling on {cpus} CPUs {plain / (floor / cpus):.2f}x)"
+          f"{model}", flush=True)
+    return plain / ours, None if caffe is None else caffe / ours
 
 
 def main() -> None:
@@ -167,6 +190,8 @@ def main() -> None:
                         help="time the caffe_ft convert_imageset command in a subprocess")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timings of each; the median ratio is reported")
+    parser.add_argument("--caffe-model", action="store_true",
+                        help="also compare with a model of Caffe's own tool (needs g++)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_convert_imageset."))
@@ -180,11 +205,17 @@ def main() -> None:
               f"workers={args.workers or 'default'}")
         # An untimed pair first: the first run of each pays one-off costs
         # (imports, fresh memory) that would flatter or hurt one side.
+        copies_ms = caffe_copies_ms(work) if args.caffe_model else None
+        if copies_ms is not None:
+            print(f"Caffe's C++ Datum copies: {copies_ms:.3f} ms/image")
         print("warm-up: ", end="")
-        run_pair(images, listing, work, args.count, args.workers, cpus, args.cli)
-        ratios = [run_pair(images, listing, work, args.count, args.workers, cpus, args.cli)
-                  for _ in range(args.repeat)]
-        print(f"median ratio: {statistics.median(ratios):.2f}x")
+        run_pair(images, listing, work, args.count, args.workers, cpus, args.cli, copies_ms)
+        ratios = [run_pair(images, listing, work, args.count, args.workers, cpus, args.cli,
+                           copies_ms) for _ in range(args.repeat)]
+        print(f"median ratio: {statistics.median(r for r, _ in ratios):.2f}x")
+        if copies_ms is not None:
+            print(f"median ratio to the model of Caffe's tool: "
+                  f"{statistics.median(c for _, c in ratios if c is not None):.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

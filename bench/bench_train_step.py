@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from caffe_ft.glog import setup_logging  # noqa: E402
+from caffe_ft.parity import set_parity_mode  # noqa: E402
 from caffe_ft.proto import caffe_pb2  # noqa: E402
 from caffe_ft.solver import Solver  # noqa: E402
 from caffe_ft.upgrade import read_net_text  # noqa: E402
@@ -182,6 +183,9 @@ def seconds_per_step(step: Callable[[], None], iterations: int,
 
 def bench(name: str, rounds: int, iterations: int, clock: Callable[[], float]
           ) -> tuple[float, float]:
+    # The solver computes under Caffe's float32 parity flags (oneDNN and TF32
+    # off) around each step; the handwritten side gets the same flags.
+    set_parity_mode(True)
     prototxt, module_class, shape, classes = NETS[name]
     generator = torch.Generator().manual_seed(0)
     data = torch.rand(shape, generator=generator)

@@ -132,6 +132,16 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path: Path,
     assert "Processed 2 files." in log_messages
 
 
+def test_a_path_with_a_nul_byte_is_an_unreadable_image(tmp_path: Path) -> None:
+    # Caffe's fopen stops at the NUL and finds no file; Python refuses the path (fuzz finding).
+    shutil.copy(IMAGES / "digits" / "d000.png", tmp_path / "d000.png")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(b"d000.png 0\nd0\x0000.png 1\n")
+    summary = convert_imageset(f"{tmp_path}/", listing, tmp_path / "db", ConvertOptions(workers=1))
+    assert summary.written == 1
+    assert [path for path, _ in summary.skipped] == ["d0\x0000.png"]
+
+
 def test_nothing_readable_is_an_error_with_a_hint(tmp_path: Path) -> None:
     with pytest.raises(CaffeError, match="trailing '/'"):
         convert_imageset(str(IMAGES), IMAGES / "photos.txt", tmp_path / "db",

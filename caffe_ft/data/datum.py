@@ -176,9 +176,9 @@ def read_image_to_datum(filename: str, label: int, height: int, width: int, is_c
     try:
         with open(filename, "rb") as handle:
             raw = handle.read()
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path names no file
         raise ImageReadError(f"Could not open or find file {filename} "
-                             f"({err.strerror or err})") from None
+                             f"({getattr(err, 'strerror', None) or err})") from None
     # imdecode on bytes read here equals Caffe's cv::imread (same decoders,
     # EXIF orientation applied alike) and the bytes are reused when -encoded
     # stores the file as is.

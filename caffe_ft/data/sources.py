@@ -167,8 +167,9 @@ class ImageListSource(BatchSource):
         try:
             with open(filename, "rb") as handle:
                 raw = handle.read()
-        except OSError as err:
-            raise CaffeError(f"{where}: Could not load image ({err.strerror or err})") from None
+        except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+            raise CaffeError(f"{where}: Could not load image "
+                             f"({getattr(err, 'strerror', None) or err})") from None
         image = decode_image(raw, self.is_color, where)
         if self.new_height > 0 and self.new_width > 0:
             image = cv2.resize(image, (self.new_width, self.new_height),

@@ -67,6 +67,15 @@ def test_input_written_through_the_host_array_reaches_the_net(pynet: caffe.Net) 
     np.testing.assert_array_equal(pynet.forward()["prob"], expected)
 
 
+def test_a_write_survives_later_reads_until_the_next_pass(pynet: caffe.Net) -> None:
+    # Deep dream's jitter reads and writes the input in one statement, then reads it again.
+    expected = pynet.forward(data=_x(1))["prob"].copy()
+    pynet.forward(data=_x(2))
+    pynet.blobs["data"].data[...] = _x(1)
+    np.testing.assert_array_equal(pynet.blobs["data"].data, _x(1))
+    np.testing.assert_array_equal(pynet.forward()["prob"], expected)
+
+
 def test_a_view_taken_before_forward_shows_the_values_after_it(pynet: caffe.Net) -> None:
     prob = pynet.blobs["prob"].data
     data = pynet.blobs["data"].data

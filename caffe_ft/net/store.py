@@ -56,7 +56,8 @@ class Mirror:
                 self._host = tensor.detach().numpy()
             return self._host
         self._aliased_to = None
-        self.pull(tensor)
+        if not self._written():
+            self.pull(tensor)
         return self._host
 
     def pull(self, tensor: torch.Tensor | None = None) -> None:
@@ -78,19 +79,20 @@ class Mirror:
 
     def push(self) -> None:
         """Send host writes made since the last sync to the device."""
-        if self._host is None or self._aliased_to is not None or self._synced is None:
-            return
-        if self._synced.shape == self._host.shape and np.array_equal(
-                self._synced, self._host, equal_nan=True):
+        if self._aliased_to is not None or not self._written():
             return
         tensor = self._read()
         device = tensor.device if tensor is not None else torch.device("cpu")
         self._write(torch.from_numpy(self._host.copy()).to(device))
         self._synced = self._host.copy()
 
-    @property
-    def touched(self) -> bool:
-        return self._host is not None
+    def _written(self) -> bool:
+        """Whether the host array holds writes the device has not seen yet (the
+        host is the head: a read must not overwrite them, a pass must push them)."""
+        if self._host is None or self._synced is None:
+            return False
+        return self._synced.shape != self._host.shape or not np.array_equal(
+            self._synced, self._host, equal_nan=True)
 
     def _can_alias(self, tensor: torch.Tensor | None) -> bool:
         return (not MIRROR_ALWAYS and self._persistent and tensor is not None
@@ -116,8 +118,4 @@ class Mirrors:
 
     def pull(self) -> None:
         for mirror in self._by_key.values():
-            if mirror.touched:
-                mirror.pull()
-
-    def forget(self, key: tuple) -> None:
-        self._by_key.pop(key, None)
+            mirror.pull()

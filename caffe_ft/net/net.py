@@ -75,6 +75,7 @@ class Net(nn.Module):
         self.top_detach = wiring.top_detach
         self.layer_need_backward = wiring.layer_need_backward
         self.loss_tops = wiring.loss_tops
+        self.loss_weight = dict(self.loss_tops)  # top name → its loss weight
         self.blob_shapes = wiring.blob_shapes
         self.blob_producer = wiring.blob_producer
         self._params = wiring.params
@@ -275,7 +276,6 @@ class Net(nn.Module):
         if feed:
             values.update(feed)
         loss = torch.zeros((), device=self.device)
-        weights = dict(self.loss_tops)
         # A chain runs as one step only where nothing looks inside it.
         fuse = not (feed or self.keep_blob_diffs or hook is not _no_hook)
         for i, last in self.fusion.steps(start, end, fuse):
@@ -290,7 +290,7 @@ class Net(nn.Module):
                 self._layer_io[i] = (bottoms, tops)
             for name, top in zip(self.top_names[last], tops):
                 values[name] = top
-                weight = weights.get(name)
+                weight = self.loss_weight.get(name)
                 if weight:
                     loss = loss + weight * top.sum()
         self.mirrors.pull()
@@ -340,30 +340,33 @@ class Net(nn.Module):
             raise CaffeError("A backward over a layer range, or timed per layer, needs the "
                              "net to keep blob diffs (keep_blob_diffs) from its forward on")
         else:
-            tensors, grads = self._seeds(self.output_names + [n for n, _ in self.loss_tops])
+            tensors, grads = self._seeds(self.output_names + list(self.loss_weight))
             if tensors:
                 torch.autograd.backward(tensors, grads)
         self.mirrors.pull()
 
     def _seeds(self, names: Iterable[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The tops backward starts from and their diffs: a loss top's given
-        diff or its loss weight, an output's given diff."""
-        weights = dict(self.loss_tops)
+        """The tops the whole-graph backward starts from, with their diffs."""
         tensors, grads = [], []
         for name in dict.fromkeys(names):
             value = self._values.get(name)
             if value is None or not value.requires_grad:
                 continue
-            diff = self._diffs.get(name)
-            if diff is None and weights.get(name):
-                diff = torch.full_like(value, weights[name])
+            diff = self._seed(name, value)
             if diff is not None:
                 tensors.append(value)
                 grads.append(diff)
         return tensors, grads
 
+    def _seed(self, name: str, top: torch.Tensor) -> torch.Tensor | None:
+        """A top's diff as backward reads it: the one given, else a loss top's
+        loss weight (as Caffe seeds it), else none."""
+        diff = self._diffs.get(name)
+        if diff is None and self.loss_weight.get(name):
+            diff = torch.full_like(top, self.loss_weight[name])
+        return diff
+
     def _backward_layers(self, start: int, end: int, hook: LayerHook) -> None:
-        weights = dict(self.loss_tops)
         for i in range(start, end - 1, -1):
             if not self.layer_need_backward[i]:
                 continue
@@ -372,11 +375,9 @@ class Net(nn.Module):
             for name, top in zip(self.top_names[i], tops):
                 if not top.requires_grad:
                     continue
-                diff = self._diffs.get(name)
-                if diff is None:
-                    diff = torch.full_like(top, weights.get(name, 0.0))
+                diff = self._seed(name, top)
                 outs.append(top)
-                grads.append(diff)
+                grads.append(diff if diff is not None else torch.zeros_like(top))
             wanted = [j for j, b in enumerate(bottoms) if b.requires_grad]
             params = [p for p in self.layers[i].blobs if p.requires_grad]
             if not outs or not (wanted or params):

@@ -198,8 +198,8 @@ class Net:
 
     @property
     def blob_loss_weights(self) -> OrderedDict[str, float]:
-        weights = dict(self._net.loss_tops)
-        return OrderedDict((name, float(weights.get(name, 0.0))) for name in self._blob_dict)
+        return OrderedDict((name, float(self._net.loss_weight.get(name, 0.0)))
+                           for name in self._blob_dict)
 
     @property
     def _blob_loss_weights(self) -> list[float]:

@@ -50,7 +50,6 @@ class Scores:
 
     def means(self, iterations: int) -> list[tuple[str, np.float32, float]]:
         """(output, mean over `iterations` batches, its loss weight) per output element."""
-        weights = dict(self.net.loss_tops)
         sums = self._sums if self._sums is not None else []
-        return [(name, total / f32(iterations), weights.get(name, 0.0))
+        return [(name, total / f32(iterations), self.net.loss_weight.get(name, 0.0))
                 for name, total in zip(self._names, sums)]

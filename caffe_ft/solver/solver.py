@@ -353,10 +353,9 @@ class Solver:
         self.progress.update(self.iter, float(self._smoothed.value))
 
     def _log_outputs(self, net: Net, kind: str) -> None:
-        weights = dict(net.loss_tops)
         for index, (name, value) in enumerate(output_values(net)):
             logger.info("    %s net output #%d: %s = %g%s", kind, index, name, value,
-                        loss_suffix(weights.get(name, 0.0), value))
+                        loss_suffix(net.loss_weight.get(name, 0.0), value))
 
     def apply_update(self) -> None:
         param = self.param

@@ -40,9 +40,12 @@ class Blob:
         self._net = net
         self._name = name
 
+    def _host(self, diff: bool) -> np.ndarray:
+        return self._net.host_blob(self._name, diff=diff)
+
     @property
     def data(self) -> np.ndarray:
-        return self._net.host_blob(self._name)
+        return self._host(diff=False)
 
     @data.setter
     def data(self, value: Any) -> None:
@@ -50,7 +53,7 @@ class Blob:
 
     @property
     def diff(self) -> np.ndarray:
-        return self._net.host_blob(self._name, diff=True)
+        return self._host(diff=True)
 
     @diff.setter
     def diff(self, value: Any) -> None:
@@ -86,21 +89,8 @@ class ParamBlob(Blob):
         self._layer_index = layer_index
         self._index = index
 
-    @property
-    def data(self) -> np.ndarray:
-        return self._net.host_param(self._layer_index, self._index)
-
-    @data.setter
-    def data(self, value: Any) -> None:
-        self.data[...] = value
-
-    @property
-    def diff(self) -> np.ndarray:
-        return self._net.host_param(self._layer_index, self._index, diff=True)
-
-    @diff.setter
-    def diff(self, value: Any) -> None:
-        self.diff[...] = value
+    def _host(self, diff: bool) -> np.ndarray:
+        return self._net.host_param(self._layer_index, self._index, diff=diff)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -31,9 +31,10 @@ def stage(root: Path, batch: int) -> Path:
 
 def train(command: list[str], solver: Path) -> None:
     env = {**os.environ, WORKERS_ENV: "0"}
-    subprocess.run([*command, "train", "-solver", str(solver), "-weights",
-                    str(GOLDEN / CASE / "init.caffemodel")], check=True, env=env,
-                   capture_output=True, timeout=600)
+    done = subprocess.run([*command, "train", "-solver", str(solver), "-weights",
+                           str(GOLDEN / CASE / "init.caffemodel")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from caffe_ft.parity import default_parity, set_parity_mode
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.solver import SignalHandler, Solver, SolverAction
 from caffe_ft.solver.launch import spawn_ranks
-from caffe_ft.solver.parallel import DataParallel, join_process_group, launched_world_size
+from caffe_ft.solver.parallel import (DataParallel, join_process_group, launched_world_size,
+                                      leave_process_group)
 from caffe_ft.solver.scores import Scores, loss_suffix
 from caffe_ft.solver.signals import action_from_flag
 from caffe_ft.upgrade import read_net_text, read_solver_text
@@ -56,12 +57,15 @@ def train_action(flags: dict[str, Any], args: list[str]) -> int:
         # One process per GPU, each re-running this command as one rank.
         return spawn_ranks(["train", *flag_arguments({**flags, "gpu": gpu})], len(ids))
     device, rank = _join_ranks(ids, gpu, world_size)
-    _use_devices(ids, device, param)
-    handler = SignalHandler(action_from_flag(flags["sigint_effect"]),
-                            action_from_flag(flags["sighup_effect"]))
-    _replace_weights(flags, param)
-    with handler:
-        _solve(_solver(param, flags, device, handler.check, rank), world_size)
+    try:
+        _use_devices(ids, device, param)
+        handler = SignalHandler(action_from_flag(flags["sigint_effect"]),
+                                action_from_flag(flags["sighup_effect"]))
+        _replace_weights(flags, param)
+        with handler:
+            _solve(_solver(param, flags, device, handler.check, rank), world_size)
+    finally:
+        leave_process_group()
     logger.info("Optimization Done.")
     return 0
 

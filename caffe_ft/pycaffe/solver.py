@@ -16,6 +16,7 @@ build their own caffe.Net and share_weights with the solver.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from caffe_ft.pycaffe import mode
 from caffe_ft.pycaffe.net import Net
 from caffe_ft.solver.launch import free_port
 from caffe_ft.solver.lr_policy import learning_rate
-from caffe_ft.solver.parallel import DataParallel
+from caffe_ft.solver.parallel import DataParallel, leave_process_group
 from caffe_ft.solver.solver import Solver as CoreSolver
 from caffe_ft.solver.update_rules import RULES
 from caffe_ft.upgrade import read_solver_text
@@ -265,6 +266,9 @@ def _join_group(count: int, rank: int, uid: str) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=uid,
                             world_size=count, rank=rank, timeout=timedelta(minutes=30))
+    # A pycaffe script never leaves the group itself: leave it at exit, while
+    # the interpreter is still whole.
+    atexit.register(leave_process_group)
 
 
 class NCCL:

@@ -46,6 +46,14 @@ def join_process_group(device: torch.device) -> int:
     return dist.get_rank()
 
 
+def leave_process_group() -> None:
+    """Leave the group before the interpreter shuts down. Gloo's worker
+    threads still hold the tensors of finished work; freed during
+    interpreter teardown they abort the process (SIGABRT) at random."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class DataParallel:
     """Keeps one solver in step with its peers on the other ranks."""
 

@@ -9,9 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from caffe_ft.data.prefetch import WORKERS_ENV
 from caffe_ft.solver.launch import spawn_ranks
+from caffe_ft.solver.parallel import DataParallel, leave_process_group
+from caffe_ft.solver.signals import SolverAction
+from caffe_ft.solver.solver import Solver
+from caffe_ft.upgrade import read_solver_text
 from test_solver_golden import GOLDEN, assert_models_close, stage_case
 
 pytestmark = pytest.mark.slow
@@ -69,3 +75,39 @@ def test_two_ranks_from_our_launcher_train_like_torchruns(
     assert spawn_ranks(["train", "-solver", str(parallel), "-weights",
                         str(GOLDEN / CASE / "init.caffemodel")], 2) == 0
     assert_rank0_snapshot_matches(parallel, single_run)
+
+
+def _train_rank(rank: int, solver_path: str, rendezvous: str, ends: dict[int, int]) -> None:
+    """One rank of a two-rank run in which rank 0 is asked, as by signals,
+    to snapshot at iteration 0 and to stop while it tests at iteration 2."""
+    os.environ[WORKERS_ENV] = "0"
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", world_size=2, rank=rank)
+    try:
+        asked: set[int] = set()
+
+        def signals() -> SolverAction:
+            if solver.iter in asked:
+                return SolverAction.NONE
+            asked.add(solver.iter)
+            return {0: SolverAction.SNAPSHOT, 2: SolverAction.STOP}.get(solver.iter,
+                                                                         SolverAction.NONE)
+
+        solver = Solver(read_solver_text(solver_path), solver_path, rank=rank,
+                        action_request=signals)
+        DataParallel(solver).train()
+        ends[rank] = solver.iter
+    finally:
+        leave_process_group()
+
+
+def test_rank_0s_requests_reach_every_rank_with_the_all_reduce(tmp_path: Path) -> None:
+    solver = stage(tmp_path, 16)
+    solver.write_text(solver.read_text().replace("test_interval: 1000000", "test_interval: 2"))
+    ends = mp.Manager().dict()
+    mp.spawn(_train_rank, args=(str(solver), str(tmp_path / "rendezvous"), ends), nprocs=2)
+    # Each request acts after the update that follows the all-reduce that
+    # carried it; the stop seen while testing at 2 waits for iteration 2's
+    # all-reduce instead of leaving rank 1 alone in it.
+    assert dict(ends) == {0: 4, 1: 4}
+    assert sorted(p.name for p in solver.parent.glob("*.caffemodel")) == [
+        "snap_iter_2.caffemodel", "snap_iter_4.caffemodel"]

@@ -6,11 +6,13 @@ weights are broadcast before training; each TRAIN Data layer serves items
 rank, rank + N, ... (so N ranks of batch B see what one process of batch
 N·B would); after backward the diffs are summed and scaled by 1/N; every
 rank applies the same update. Only rank 0 tests, displays and snapshots.
-A stop requested on rank 0 is passed to every rank so all leave together.
+A stop or snapshot requested on rank 0 (a signal) travels with the diffs'
+all-reduce to every rank, so all stop after the same iteration.
 """
 from __future__ import annotations
 
 import os
+from collections import deque
 from datetime import timedelta
 
 import torch
@@ -54,18 +56,41 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+class _Carried:
+    """One all-reduced request value, copied to the host without waiting."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self._event: torch.cuda.Event | None = None
+        if value.is_cuda:
+            self._host = torch.empty(1, dtype=value.dtype, pin_memory=True)
+            self._host.copy_(value, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = value.clone()
+
+    def action(self) -> SolverAction:
+        if self._event is not None:
+            self._event.synchronize()
+        return SolverAction(int(self._host[0]))
+
+
 class DataParallel:
     """Keeps one solver in step with its peers on the other ranks."""
 
     def __init__(self, solver: Solver) -> None:
         self.solver = solver
         self.world_size = dist.get_world_size()
-        # Signals travel between hosts over gloo, so sharing one never waits
-        # for a GPU stream (a broadcast over NCCL would, to read its value).
-        self._signal_group = (dist.new_group(backend="gloo")
-                              if dist.get_backend() != "gloo" else None)
+        # This process's own requests (the signal handler); only rank 0's count.
+        self._signals = solver.action_request
+        # A stop rank 0 saw while testing, kept for the next all-reduce.
+        self._held = SolverAction.NONE
+        # Rank 0's request as each all-reduce delivered it, on its way to the host.
+        self._carried: deque[_Carried] = deque()
+        if dist.get_rank() == 0:
+            solver.action_request = self._request_while_testing
         solver.gradient_hooks.append(self.average_gradients)
-        solver.action_sync = self.share_action
+        solver.action_sync = self.shared_action
 
     def broadcast_weights(self) -> None:
         """Rank 0's learnable blobs (and solver history, equal on every rank
@@ -75,25 +100,50 @@ class DataParallel:
                 dist.broadcast(p.blob.data, src=0)
 
     def average_gradients(self, solver: Solver) -> None:
-        """Sum the diffs over ranks and scale by 1/N, in one all-reduce. A
-        param with no diff (frozen, or out of every loss's reach) has a diff
-        of 0 on every rank, the same net on each: it is left out."""
+        """Sum the diffs over ranks and scale by 1/N, in one all-reduce that
+        also carries rank 0's stop or snapshot request (the other ranks add
+        0), so sharing it costs no collective of its own. A param with no
+        diff (frozen, or out of every loss's reach) has a diff of 0 on every
+        rank, the same net on each: it is left out."""
         grads = [p.blob.grad for p in solver.params if p.blob.grad is not None]
+        dtype = grads[0].dtype if grads else torch.float32
+        # torch.full fills on the device: no host copy, so no wait for the stream.
+        request = torch.full((1,), float(self._outgoing_request()), dtype=dtype,
+                             device=solver.device)
+        flat = torch.cat([*(g.reshape(-1) for g in grads), request])
+        dist.all_reduce(flat)
+        self._carried.append(_Carried(flat[-1:]))
         if not grads:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
         flat.mul_(1.0 / self.world_size)
-        parts = flat.split([g.numel() for g in grads])
+        parts = flat[:-1].split([g.numel() for g in grads])
         torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(parts, grads)])
 
-    def share_action(self, action: SolverAction) -> SolverAction:
-        """Rank 0's signal request, seen by every rank. Each rank learns
-        whether one is pending only from rank 0, so this runs every
-        iteration, on the host: no rank waits for its device."""
-        value = torch.tensor([int(action)], dtype=torch.int64)
-        dist.broadcast(value, src=0, group=self._signal_group)
-        return SolverAction(int(value[0]))
+    def shared_action(self) -> SolverAction:
+        """The action every rank takes after this update: the request the
+        previous iteration's all-reduce carried. Reading the value of the
+        latest one would wait for the device to finish it; the previous one
+        is long done. So a signal acts one iteration later than alone."""
+        if len(self._carried) < 2:
+            return SolverAction.NONE
+        return self._carried.popleft().action()
+
+    def _outgoing_request(self) -> SolverAction:
+        if dist.get_rank() != 0:
+            return SolverAction.NONE
+        request = self._held or self._signals()
+        self._held = SolverAction.NONE
+        return request
+
+    def _request_while_testing(self) -> SolverAction:
+        """Rank 0's request between test batches. A snapshot is rank 0's own
+        business; a stop here would leave the other ranks waiting in the next
+        all-reduce, so it goes with that all-reduce and the test finishes."""
+        request = self._signals()
+        if request == SolverAction.STOP:
+            self._held = request
+            return SolverAction.NONE
+        return request
 
     def train(self) -> None:
         """Rank 0 solves (tests, display, snapshots); the others only step."""

@@ -144,8 +144,9 @@ class Solver:
         # Called on the accumulated diffs before the update (data-parallel
         # training averages them across processes here).
         self.gradient_hooks: list[Callable[[Solver], None]] = []
-        # Turns this process's signal request into the one every rank acts on.
-        self.action_sync: Callable[[SolverAction], SolverAction] | None = None
+        # When set (data-parallel training), the action every rank takes
+        # after an update, in place of this process's own request.
+        self.action_sync: ActionRequest | None = None
         # The terminal's live training line, while solve() runs.
         self.progress: TrainingProgress | None = None
 
@@ -298,9 +299,7 @@ class Solver:
             for hook in self.gradient_hooks:
                 hook(self)
             self.apply_update()
-            request = self.action_request()
-            if self.action_sync is not None:
-                request = self.action_sync(request)
+            request = self.action_request() if self.action_sync is None else self.action_sync()
             if self.rank == 0 and ((param.snapshot and self.iter % param.snapshot == 0) or
                                    request == SolverAction.SNAPSHOT):
                 self.snapshot()

@@ -77,37 +77,65 @@ def test_two_ranks_from_our_launcher_train_like_torchruns(
     assert_rank0_snapshot_matches(parallel, single_run)
 
 
-def _train_rank(rank: int, solver_path: str, rendezvous: str, ends: dict[int, int]) -> None:
-    """One rank of a two-rank run in which rank 0 is asked, as by signals,
-    to snapshot at iteration 0 and to stop while it tests at iteration 2."""
+def _signals_on_rank_0(solver: Solver) -> None:
+    """Rank 0 is asked, as by signals, to snapshot at iteration 0 and to stop
+    while it tests at iteration 2."""
+    asked: set[int] = set()
+
+    def signals() -> SolverAction:
+        if solver.iter in asked:
+            return SolverAction.NONE
+        asked.add(solver.iter)
+        return {0: SolverAction.SNAPSHOT, 2: SolverAction.STOP}.get(solver.iter,
+                                                                     SolverAction.NONE)
+
+    solver.action_request = signals
+
+
+def _nan_on_rank_1_at_3(solver: Solver) -> None:
+    """-stop_on_nan on every rank; rank 1's weights turn NaN at iteration 3."""
+    solver.divergence.stop = True
+
+    def poison(solver: Solver) -> None:
+        if solver.rank == 1 and solver.iter == 3:
+            solver.params[0].blob.data.fill_(float("nan"))
+
+    solver.start_hooks.append(poison)
+
+
+def _train_rank(rank: int, solver_path: str, rendezvous: str, scenario: str,
+                ends: dict[int, int]) -> None:
     os.environ[WORKERS_ENV] = "0"
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", world_size=2, rank=rank)
     try:
-        asked: set[int] = set()
-
-        def signals() -> SolverAction:
-            if solver.iter in asked:
-                return SolverAction.NONE
-            asked.add(solver.iter)
-            return {0: SolverAction.SNAPSHOT, 2: SolverAction.STOP}.get(solver.iter,
-                                                                         SolverAction.NONE)
-
-        solver = Solver(read_solver_text(solver_path), solver_path, rank=rank,
-                        action_request=signals)
+        solver = Solver(read_solver_text(solver_path), solver_path, rank=rank)
+        {"signals": _signals_on_rank_0, "nan": _nan_on_rank_1_at_3}[scenario](solver)
         DataParallel(solver).train()
         ends[rank] = solver.iter
     finally:
         leave_process_group()
 
 
-def test_rank_0s_requests_reach_every_rank_with_the_all_reduce(tmp_path: Path) -> None:
+def train_two_ranks(tmp_path: Path, scenario: str) -> tuple[dict[int, int], list[str]]:
+    """Each rank's final iteration, and the snapshots written."""
     solver = stage(tmp_path, 16)
     solver.write_text(solver.read_text().replace("test_interval: 1000000", "test_interval: 2"))
     ends = mp.Manager().dict()
-    mp.spawn(_train_rank, args=(str(solver), str(tmp_path / "rendezvous"), ends), nprocs=2)
+    mp.spawn(_train_rank, args=(str(solver), str(tmp_path / "rendezvous"), scenario, ends),
+             nprocs=2)
+    return dict(ends), sorted(p.name for p in solver.parent.glob("*.caffemodel"))
+
+
+def test_rank_0s_requests_reach_every_rank_with_the_all_reduce(tmp_path: Path) -> None:
+    ends, snapshots = train_two_ranks(tmp_path, "signals")
     # Each request acts after the update that follows the all-reduce that
     # carried it; the stop seen while testing at 2 waits for iteration 2's
     # all-reduce instead of leaving rank 1 alone in it.
-    assert dict(ends) == {0: 4, 1: 4}
-    assert sorted(p.name for p in solver.parent.glob("*.caffemodel")) == [
-        "snap_iter_2.caffemodel", "snap_iter_4.caffemodel"]
+    assert ends == {0: 4, 1: 4}
+    assert snapshots == ["snap_iter_2.caffemodel", "snap_iter_4.caffemodel"]
+
+
+def test_stop_on_nan_on_one_rank_stops_every_rank_before_the_update(tmp_path: Path) -> None:
+    ends, snapshots = train_two_ranks(tmp_path, "nan")
+    assert ends == {0: 3, 1: 3}
+    assert snapshots == ["snap_iter_3.caffemodel"]

@@ -91,6 +91,7 @@ class DataParallel:
             solver.action_request = self._request_while_testing
         solver.gradient_hooks.append(self.average_gradients)
         solver.action_sync = self.shared_action
+        solver.divergence.agree = self.any_rank
 
     def broadcast_weights(self) -> None:
         """Rank 0's learnable blobs (and solver history, equal on every rank
@@ -127,6 +128,14 @@ class DataParallel:
         if len(self._carried) < 2:
             return SolverAction.NONE
         return self._carried.popleft().action()
+
+    def any_rank(self, diverged: bool) -> bool:
+        """Whether any rank's loss is not finite (-stop_on_nan asks before
+        every update, and reads every loss anyway): all ranks stop before the
+        update, rather than one leaving the others in the all-reduce."""
+        flag = torch.full((1,), int(diverged), dtype=torch.int32, device=self.solver.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _outgoing_request(self) -> SolverAction:
         if dist.get_rank() != 0:

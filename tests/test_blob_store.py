@@ -181,8 +181,9 @@ def test_the_hook_sees_every_layer_in_caffe_order() -> None:
     net.backward({"prob": torch.ones(2, 5)}, hook=hook)
     count = len(net.layers)
     assert seen[:count] == [(i, "forward") for i in range(count)]
-    # Backward runs from the top down; the Input layer has nothing to do.
-    assert seen[count:] == [(i, "backward") for i in reversed(range(1, count))]
+    # Backward runs from the top down, around every layer as Caffe's
+    # BackwardFromTo does (the Input layer, which has nothing to do, too).
+    assert seen[count:] == [(i, "backward") for i in reversed(range(count))]
 
 
 def test_writing_a_blob_of_another_shape_is_refused() -> None:

@@ -12,7 +12,7 @@ from conftest import FIXTURES
 PAGE = (FIXTURES.parent.parent / "docs" / "pycaffe.md").read_text()
 STATUSES = {"supported", "caffe_ft only"}
 # Net's own helpers (not pycaffe API).
-NET_INTERNALS = {"_attach", "_hook", "_write"}
+NET_INTERNALS = {"_attach", "_add_callback", "_around", "_write"}
 
 
 def _rows(section: str) -> dict[str, str]:

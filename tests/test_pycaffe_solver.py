@@ -171,6 +171,32 @@ def test_callbacks_run_where_caffe_step_runs_them(tmp_path: Path) -> None:
     np.testing.assert_array_equal(seen[3][2], data0 - np.float32(0.1) * diff0)
 
 
+def test_after_a_step_blob_diffs_and_layer_callbacks_are_caffes(tmp_path: Path) -> None:
+    from caffe_ft.proto import caffe_pb2
+    from caffe_ft.pycaffe.net import Net
+    solver = pycaffe.SGDSolver(str(write_solver(tmp_path, TINY_SOLVER)))
+    fill_inputs(solver)
+    # The same iteration by hand: a pycaffe Net with the weights before the step.
+    net = Net(str(tmp_path / "net.prototxt"), caffe_pb2.TRAIN)
+    solver.share_weights(net)
+    for name in ("data", "label"):
+        net.blobs[name].data[...] = solver.net.blobs[name].data
+    net.forward()
+    net.backward()
+    expected = {name: blob.diff.copy() for name, blob in net.blobs.items()}
+    calls: list[tuple[str, int]] = []
+    for when in ("before_forward", "after_forward", "before_backward", "after_backward"):
+        getattr(solver.net, when)(lambda index, when=when: calls.append((when, index)))
+    solver.step(1)
+    for name, diff in expected.items():
+        np.testing.assert_array_equal(solver.net.blobs[name].diff, diff, err_msg=name)
+    assert np.abs(solver.net.blobs["fc1"].diff).sum() > 0
+    # Caffe's Net runs them around every layer of the solver's passes.
+    layers = range(len(solver.net.layers))
+    assert calls == [(when, i) for i in layers for when in ("before_forward", "after_forward")] + \
+        [(when, i) for i in reversed(layers) for when in ("before_backward", "after_backward")]
+
+
 def test_host_writes_through_net_reach_the_run(tmp_path: Path) -> None:
     path = write_solver(tmp_path, TINY_SOLVER + f'snapshot_prefix: "{tmp_path / "s"}"\n'
                         "test_iter: 1\ntest_interval: 1000\n")

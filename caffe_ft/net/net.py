@@ -88,6 +88,10 @@ class Net(nn.Module):
             logger.info("This network produces output %s", name)
         logger.info("Network initialization done.")
         self.keep_blob_diffs = False
+        # Called around each layer's forward and backward in every pass that
+        # names no hook of its own (pycaffe's per-layer callbacks, which
+        # Caffe's Net runs in its solver's passes too).
+        self.layer_hook: LayerHook = _no_hook
         self._values: dict[str, torch.Tensor] = {}
         self._diffs: dict[str, torch.Tensor] = {}
         # Layer by layer: each layer's detached bottoms and its tops, for its own backward.
@@ -265,12 +269,14 @@ class Net(nn.Module):
     # -- passes ---------------------------------------------------------
     def forward(self, start: int = 0, end: int | None = None,
                 feed: dict[str, torch.Tensor] | None = None,
-                hook: LayerHook = _no_hook) -> torch.Tensor:
+                hook: LayerHook | None = None) -> torch.Tensor:
         """Run layers start..end (inclusive) and return the weighted loss of
         the loss tops they produced (Caffe's ForwardFromTo). `feed` gives
         blobs values to use as they are (a layer whose tops are all fed does
-        not run), as a traced export feeds its graph inputs."""
+        not run), as a traced export feeds its graph inputs. `hook` (default:
+        layer_hook) runs around each layer."""
         self.mirrors.push()
+        hook = self.layer_hook if hook is None else hook
         end = len(self.layers) - 1 if end is None else end
         values = self._values
         if feed:
@@ -323,13 +329,14 @@ class Net(nn.Module):
 
     def backward(self, diffs: dict[str, torch.Tensor | np.ndarray] | None = None,
                  start: int | None = None, end: int | None = None,
-                 hook: LayerHook = _no_hook) -> None:
+                 hook: LayerHook | None = None) -> None:
         """Caffe's BackwardFromTo(start, end), start ≥ end (default: the last
         layer down to the first), after giving blobs the `diffs` (as
         set_blob_diff). Every loss top is seeded with its diff (by default its
         loss weight, as Caffe sets it) and every output blob with the diff
         given to it. Param diffs accumulate until cleared."""
         self.mirrors.push()
+        hook = self.layer_hook if hook is None else hook
         for name, diff in (diffs or {}).items():
             self.set_blob_diff(name, diff)
         if self.keep_blob_diffs:
@@ -368,35 +375,39 @@ class Net(nn.Module):
 
     def _backward_layers(self, start: int, end: int, hook: LayerHook) -> None:
         for i in range(start, end - 1, -1):
-            if not self.layer_need_backward[i]:
-                continue
-            bottoms, tops = self._layer_io.get(i) or self._replay(i)
-            outs, grads = [], []
-            for name, top in zip(self.top_names[i], tops):
-                if not top.requires_grad:
-                    continue
-                diff = self._seed(name, top)
-                outs.append(top)
-                grads.append(diff if diff is not None else torch.zeros_like(top))
-            wanted = [j for j, b in enumerate(bottoms) if b.requires_grad]
-            params = [p for p in self.layers[i].blobs if p.requires_grad]
-            if not outs or not (wanted or params):
-                continue
+            # As Caffe's BackwardFromTo, callbacks run around every layer in
+            # the range, whether or not it computes anything.
             with hook(i, "backward"):
-                computed = torch.autograd.grad(outs, [bottoms[j] for j in wanted] + params,
-                                               grads, retain_graph=True, allow_unused=True)
-            for j, grad in zip(wanted, computed):
-                # A bottom the layer's gradient never reaches keeps its diff, as
-                # a Caffe layer that does not write it leaves it.
-                if grad is not None:
-                    self._diffs[self.bottom_names[i][j]] = grad
-            for param, grad in zip(params, computed[len(wanted):]):
-                if grad is None:
-                    continue
-                if param.grad is None:
-                    param.grad = grad.clone()
-                else:
-                    param.grad.add_(grad)
+                if self.layer_need_backward[i]:
+                    self._backward_layer(i)
+
+    def _backward_layer(self, i: int) -> None:
+        bottoms, tops = self._layer_io.get(i) or self._replay(i)
+        outs, grads = [], []
+        for name, top in zip(self.top_names[i], tops):
+            if not top.requires_grad:
+                continue
+            diff = self._seed(name, top)
+            outs.append(top)
+            grads.append(diff if diff is not None else torch.zeros_like(top))
+        wanted = [j for j, b in enumerate(bottoms) if b.requires_grad]
+        params = [p for p in self.layers[i].blobs if p.requires_grad]
+        if not outs or not (wanted or params):
+            return
+        computed = torch.autograd.grad(outs, [bottoms[j] for j in wanted] + params,
+                                       grads, retain_graph=True, allow_unused=True)
+        for j, grad in zip(wanted, computed):
+            # A bottom the layer's gradient never reaches keeps its diff, as
+            # a Caffe layer that does not write it leaves it.
+            if grad is not None:
+                self._diffs[self.bottom_names[i][j]] = grad
+        for param, grad in zip(params, computed[len(wanted):]):
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad.clone()
+            else:
+                param.grad.add_(grad)
 
     def _replay(self, index: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """A layer's graph for a backward that no forward of it preceded

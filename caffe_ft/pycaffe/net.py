@@ -153,13 +153,12 @@ class Net:
             self.copy_from(weights)
 
     @classmethod
-    def over(cls, core: CoreNet, keep_blob_diffs: bool = True) -> Net:
+    def over(cls, core: CoreNet) -> Net:
         """A pycaffe Net over a live core net built elsewhere (a solver's
-        nets): reads, writes and surgery through it act on that net itself."""
+        nets): reads, writes, surgery and callbacks through it act on that
+        net itself, in the solver's passes too."""
         net = cls.__new__(cls)
         net._attach(core)
-        # Its owner picks the backward mode (a solver keeps its whole-graph one).
-        core.keep_blob_diffs = keep_blob_diffs
         return net
 
     def _attach(self, net: CoreNet) -> None:
@@ -252,11 +251,11 @@ class Net:
     # -- running -------------------------------------------------------
     def _forward(self, start: int, end: int) -> float:
         """Caffe's ForwardFromTo: layers start..end; returns the loss."""
-        return float(self._net.forward(start, end, **self._hook("forward")).item())
+        return float(self._net.forward(start, end).item())
 
     def _backward(self, start: int, end: int) -> None:
         """Caffe's BackwardFromTo: layers start down to end."""
-        self._net.backward(start=start, end=end, **self._hook("backward"))
+        self._net.backward(start=start, end=end)
 
     def forward(self, blobs: Sequence[str] | None = None, start: str | None = None,
                 end: str | None = None, **kwargs: Any) -> dict[str, np.ndarray]:
@@ -371,34 +370,31 @@ class Net:
         target[...] = array
 
     # -- per-layer callbacks (Caffe's Net::Callback) ----------------------
+    # They run around each layer in every pass of the net, a solver's too.
     def before_forward(self, callback: Callback) -> None:
-        self._callbacks["before_forward"].append(callback)
+        self._add_callback("before_forward", callback)
 
     def after_forward(self, callback: Callback) -> None:
-        self._callbacks["after_forward"].append(callback)
+        self._add_callback("after_forward", callback)
 
     def before_backward(self, callback: Callback) -> None:
-        self._callbacks["before_backward"].append(callback)
+        self._add_callback("before_backward", callback)
 
     def after_backward(self, callback: Callback) -> None:
-        self._callbacks["after_backward"].append(callback)
+        self._add_callback("after_backward", callback)
 
-    def _hook(self, direction: str) -> dict[str, LayerHook]:
-        """The pass's `hook` argument, if any callback is registered for it."""
-        before = self._callbacks[f"before_{direction}"]
-        after = self._callbacks[f"after_{direction}"]
-        if not before and not after:
-            return {}
+    def _add_callback(self, when: str, callback: Callback) -> None:
+        self._callbacks[when].append(callback)
+        # Installed with the first one: a net without callbacks runs no hook.
+        self._net.layer_hook = self._around
 
-        @contextlib.contextmanager
-        def around(index: int, _: str) -> Iterator[None]:
-            for callback in before:
-                callback(index)
-            yield
-            for callback in after:
-                callback(index)
-
-        return {"hook": around}
+    @contextlib.contextmanager
+    def _around(self, index: int, direction: str) -> Iterator[None]:
+        for callback in self._callbacks[f"before_{direction}"]:
+            callback(index)
+        yield
+        for callback in self._callbacks[f"after_{direction}"]:
+            callback(index)
 
     # -- weights -------------------------------------------------------
     def copy_from(self, filename: str) -> None:

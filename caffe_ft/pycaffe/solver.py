@@ -7,12 +7,10 @@ own class's update rule whatever the file's `type` says, while
 `get_solver(file)` builds the class the file's `type` names.
 
 `.net` and `.test_nets` are pycaffe Nets over the solver's live nets, so
-blob writes and net surgery through them change the run. The train net keeps
-the solver's whole-graph backward (one autograd pass, fast): after a step
-its params' diffs are readable, but the intermediate blobs' diffs are not
-kept (they read as zeros), and a backward over a layer range through
-`solver.net` is refused with a CaffeError. Scripts that need blob diffs
-build their own caffe.Net and share_weights with the solver.
+blob writes, net surgery and per-layer callbacks through them act in the
+run. As in Caffe, the train net's backward goes layer by layer, so after a
+step every blob's diff is the last iteration's, as Caffe leaves it. (The
+`caffe_ft train` command, which shows no blob, runs one autograd pass.)
 """
 from __future__ import annotations
 
@@ -138,10 +136,8 @@ class Solver:
         self._solver = CoreSolver(param, path, mode.device(), rank=_solver_rank,
                                   solver_type=self.solver_type)
         # The nets never change, so their pycaffe views are made once.
-        # The solver's nets keep its whole-graph backward (see the module's doc).
-        self._net = Net.over(self._solver.net, keep_blob_diffs=False)
-        self._test_nets = [Net.over(net, keep_blob_diffs=False)
-                           for net in self._solver.test_nets]
+        self._net = Net.over(self._solver.net)
+        self._test_nets = [Net.over(net) for net in self._solver.test_nets]
 
     # -- pycaffe's members ---------------------------------------------
     @property

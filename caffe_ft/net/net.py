@@ -6,9 +6,10 @@ the public blob store (data and diff of every blob and param, in torch and,
 through caffe_ft.net.store, as host arrays) that pycaffe, the solver and the
 tools use. Two backward modes:
 
-- whole-graph (the solver's): one autograd pass from the losses into the
-  params; blob diffs are not kept;
-- layer by layer (`keep_blob_diffs`, pycaffe's and `time`'s): forward cuts
+- whole-graph (`caffe_ft train`'s solver): one autograd pass from the
+  losses into the params; blob diffs are not kept;
+- layer by layer (`keep_blob_diffs`, pycaffe's, its Solver's included, and
+  `time`'s): forward cuts
   the graph at every layer, and backward runs the layers in reverse one at a
   time, as Caffe does, so every blob keeps its diff, a layer range can run
   alone and each layer's backward can be timed.

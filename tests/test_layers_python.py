@@ -136,3 +136,19 @@ def test_import_errors_name_the_layer_and_module() -> None:
         build(text.replace("MODULE_NAME", "no_such_layer_module").replace("CLASS_NAME", "L"))
     with pytest.raises(CaffeError, match=f"module '{MODULE}' has no layer class 'Missing'"):
         build(text.replace("MODULE_NAME", MODULE).replace("CLASS_NAME", "Missing"))
+
+
+def test_every_call_gets_the_same_bottom_and_top_blobs() -> None:
+    net = build(SCALE.replace("ScaleLayer", "BlobIdentity"))
+    layer = net.layers[net.layer_index("scale")].instance
+    for value in (1.0, 2.0):
+        x = np.full((2, 3), value, dtype=np.float32)
+        set_inputs(net, x=x)
+        net.forward()
+        # A bottom kept from setup holds this pass's values, as in Caffe.
+        np.testing.assert_array_equal(net.blob_data("y").detach().numpy(), x)
+        net.backward({"y": torch.ones(2, 3)})
+    assert [call for call, *_ in layer.seen] == ["setup", "reshape"] + \
+        ["reshape", "forward", "backward"] * 2
+    assert len({(bottom, top) for _, bottom, top in layer.seen}) == 1
+    np.testing.assert_array_equal(net.blob_diff("x").numpy(), np.ones((2, 3)))

@@ -6,7 +6,8 @@ PythonLayer does, it sets the `param_str` and `phase` (0 TRAIN, 1 TEST)
 attributes, calls `setup(bottom, top)` once, `reshape(bottom, top)` before
 every forward, `forward(bottom, top)`, and `backward(top, propagate_down,
 bottom)`. bottom and top are lists of blobs with numpy `.data` / `.diff`
-(float32, on the CPU as pycaffe gives them) and `.reshape(*shape)`.
+(float32, on the CPU as pycaffe gives them) and `.reshape(*shape)`; as in
+Caffe, every call gets the same blob objects.
 
 Backward is bridged to autograd by a torch.autograd.Function that hands the
 top gradients to the user's backward as top diffs and returns the bottom
@@ -19,11 +20,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
+from caffe_ft.blob_view import BlobView
 from caffe_ft.blobs import blob_proto_to_array
 from caffe_ft.layers.base import Layer, Shape
 from caffe_ft.layers.registry import register
@@ -32,46 +33,27 @@ from caffe_ft.proto import caffe_pb2
 Ctx = torch.autograd.function.FunctionCtx
 
 
-class LayerBlob:
-    """pycaffe's Blob as a Python layer sees it: float32 data and diff arrays
-    of one shape, legacy num/channels/height/width, and reshape."""
+class LayerBlob(BlobView):
+    """A Python layer's own blob (its bottoms, tops and `self.blobs`), with
+    float32 data and diff arrays of one shape."""
 
     def __init__(self, shape: Sequence[int] = (0,), data: np.ndarray | None = None) -> None:
         # A top starts empty (count 0), as Caffe creates it, until reshaped.
         self._data = np.zeros(tuple(shape), dtype=np.float32) if data is None else data
         self._diff = np.zeros_like(self._data)
 
-    @property
-    def data(self) -> np.ndarray:
-        return self._data
-
-    @data.setter
-    def data(self, value: Any) -> None:
-        self._data[...] = value
-
-    @property
-    def diff(self) -> np.ndarray:
-        return self._diff
-
-    @diff.setter
-    def diff(self, value: Any) -> None:
-        self._diff[...] = value
+    def _host(self, diff: bool) -> np.ndarray:
+        return self._diff if diff else self._data
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self._data.shape)
 
-    @property
-    def count(self) -> int:
-        return int(self._data.size)
-
-    def _legacy(self, axis: int) -> int:
-        return self.shape[axis] if axis < len(self.shape) else 1
-
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
+    def take(self, data: np.ndarray) -> None:
+        """Hold a pass's bottom values (a diff of another shape starts at 0)."""
+        if data.shape != self._diff.shape:
+            self._diff = np.zeros_like(data)
+        self._data = data
 
     def alias(self, param: torch.Tensor) -> None:
         """Make the data a view of `param` where it lives on the CPU."""
@@ -151,7 +133,10 @@ class _PythonFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Ctx, layer: PythonLayer, num_bottoms: int, *tensors: torch.Tensor
                 ) -> tuple[torch.Tensor, ...]:
-        bottoms = [LayerBlob(data=_cpu_array(t)) for t in tensors[:num_bottoms]]
+        # The same bottom blobs in every call, as Caffe passes its net's blobs.
+        bottoms = layer.bottom_blobs
+        for blob, tensor in zip(bottoms, tensors[:num_bottoms]):
+            blob.take(_cpu_array(tensor))
         tops = layer.run_forward(bottoms, tensors[num_bottoms:])
         device = layer.device_marker.device
         ctx.layer, ctx.bottoms, ctx.device = layer, bottoms, device
@@ -197,6 +182,7 @@ class PythonLayer(Layer):
         self.instance = cls(param)
         # Tracks the device the net is moved to, for tops of layers without bottoms.
         self.register_buffer("device_marker", torch.zeros(0), persistent=False)
+        self.bottom_blobs = [LayerBlob() for _ in param.bottom]
         self.top_blobs = [LayerBlob() for _ in param.top]
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
@@ -206,7 +192,8 @@ class PythonLayer(Layer):
         # Caffe's Layer constructor loads inline prototxt blobs before LayerSetUp.
         for proto in self.param.blobs:
             instance.blobs.append(LayerBlob(data=blob_proto_to_array(proto).copy()))
-        instance.setup([LayerBlob(s) for s in bottom_shapes], self.top_blobs)
+        self._shape_bottoms(bottom_shapes)
+        instance.setup(self.bottom_blobs, self.top_blobs)
         for blob in instance.blobs:
             with torch.no_grad():
                 param = self.add_blob(blob.shape).copy_(torch.from_numpy(blob.data))
@@ -215,8 +202,14 @@ class PythonLayer(Layer):
             blob.alias(param)
 
     def reshape(self, bottom_shapes: Sequence[Shape]) -> list[Shape]:
-        self.instance.reshape([LayerBlob(s) for s in bottom_shapes], self.top_blobs)
+        self._shape_bottoms(bottom_shapes)
+        self.instance.reshape(self.bottom_blobs, self.top_blobs)
         return [top.shape for top in self.top_blobs]
+
+    def _shape_bottoms(self, shapes: Sequence[Shape]) -> None:
+        for blob, shape in zip(self.bottom_blobs, shapes):
+            if blob.shape != tuple(shape):
+                blob.reshape(*shape)
 
     def run_forward(self, bottoms: list[LayerBlob], params: Sequence[torch.Tensor]
                     ) -> list[LayerBlob]:

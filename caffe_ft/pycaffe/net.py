@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from caffe_ft.blob_view import BlobView
 from caffe_ft.errors import CaffeError
 from caffe_ft.layers.families import known_types
 from caffe_ft.net.hdf5_weights import save_hdf5_weights
-from caffe_ft.net.net import LayerHook
 from caffe_ft.net.net import Net as CoreNet
 from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
 from caffe_ft.proto import caffe_pb2
@@ -32,7 +32,7 @@ def layer_type_list() -> list[str]:
     return known_types()
 
 
-class Blob:
+class Blob(BlobView):
     """pycaffe's Blob: a named net blob whose data and diff are persistent
     host arrays that stay in step with the device (caffe_ft.net.store)."""
 
@@ -44,44 +44,15 @@ class Blob:
         return self._net.host_blob(self._name, diff=diff)
 
     @property
-    def data(self) -> np.ndarray:
-        return self._host(diff=False)
-
-    @data.setter
-    def data(self, value: Any) -> None:
-        self.data[...] = value
-
-    @property
-    def diff(self) -> np.ndarray:
-        return self._host(diff=True)
-
-    @diff.setter
-    def diff(self, value: Any) -> None:
-        self.diff[...] = value
-
-    @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self._net.blob_data(self._name).shape)
-
-    @property
-    def count(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    def _legacy(self, axis: int) -> int:
-        shape = self.shape
-        return shape[axis] if axis < len(shape) else 1
-
-    num = property(lambda self: self._legacy(0))
-    channels = property(lambda self: self._legacy(1))
-    height = property(lambda self: self._legacy(2))
-    width = property(lambda self: self._legacy(3))
 
     def reshape(self, *shape: int) -> None:
         """Reshape an input blob; net.reshape() then propagates the shapes."""
         self._net.reshape_input(self._name, tuple(int(d) for d in shape))
 
 
-class ParamBlob(Blob):
+class ParamBlob(BlobView):
     """A layer's parameter blob, with the same host arrays as a net blob."""
 
     def __init__(self, net: CoreNet, layer_index: int, index: int) -> None:

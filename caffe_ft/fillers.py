@@ -1,8 +1,9 @@
-"""Caffe's weight fillers (include/caffe/filler.hpp), on torch's RNG.
+"""Caffe's weight fillers (include/caffe/filler.hpp), draw for draw.
 
-The distributions and their parameters are Caffe's; the random streams are
-torch's (Caffe's boost::mt19937 draws cannot be reproduced bit for bit), so
-`torch.manual_seed` makes fills repeatable.
+They sample Caffe's boost distributions in float from Caffe's global
+generator (caffe_ft.rng), so after `torch.manual_seed(s)` (Caffe's
+set_random_seed) a net's random weights are the ones Caffe draws with seed
+s, and the layers set up after them get Caffe's seeds too.
 
 Each filler is a function registered by @filler under Caffe's type name, as
 GetFiller dispatches on FillerParameter.type; FILLERS is that registry.
@@ -13,12 +14,16 @@ import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+import numpy as np
 import torch
 
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.rng import boost
+from caffe_ft.rng.global_rng import caffe_rng
 
 FillerParameter = caffe_pb2.FillerParameter
+f32 = np.float32
 FillFunction = Callable[[torch.Tensor, FillerParameter], None]
 
 _REGISTRY: dict[str, FillFunction] = {}
@@ -50,20 +55,22 @@ def fill(blob: torch.Tensor, param: FillerParameter) -> torch.Tensor:
     return blob
 
 
-def _fans(blob: torch.Tensor) -> tuple[float, float]:
+def _legacy_dim(blob: torch.Tensor, axis: int) -> int:
+    """Blob::num() / channels(): the axis, or 1 where the blob has fewer."""
+    return int(blob.shape[axis]) if blob.dim() > axis else 1
+
+
+def _scale_n(blob: torch.Tensor, param: FillerParameter) -> np.float32:
+    """Xavier's and MSRA's n, as Caffe computes it: integer fans over the
+    legacy num and channels, averaged in float."""
     count = blob.numel()
-    fan_in = count / blob.shape[0] if blob.dim() >= 1 and blob.shape[0] else count
-    fan_out = count / blob.shape[1] if blob.dim() > 1 and blob.shape[1] else count
-    return fan_in, fan_out
-
-
-def _scale_n(blob: torch.Tensor, param: FillerParameter) -> float:
-    fan_in, fan_out = _fans(blob)
+    fan_in = count // _legacy_dim(blob, 0) if _legacy_dim(blob, 0) else count
+    fan_out = count // _legacy_dim(blob, 1) if _legacy_dim(blob, 1) else count
     if param.variance_norm == FillerParameter.FAN_OUT:
-        return fan_out
+        return f32(fan_out)
     if param.variance_norm == FillerParameter.AVERAGE:
-        return (fan_in + fan_out) / 2
-    return fan_in
+        return f32(fan_in + fan_out) / f32(2)
+    return f32(fan_in)
 
 
 @filler("constant")
@@ -71,12 +78,28 @@ def _constant(blob: torch.Tensor, param: FillerParameter) -> None:
     blob.fill_(param.value)
 
 
+def _put(blob: torch.Tensor, values: np.ndarray) -> None:
+    blob.copy_(torch.from_numpy(values.reshape(tuple(blob.shape))))
+
+
 @filler("uniform")
 def _uniform(blob: torch.Tensor, param: FillerParameter) -> None:
     if param.min > param.max:
         raise CaffeError(f"uniform filler needs min <= max, got min {param.min} "
                          f"> max {param.max}")
-    blob.uniform_(param.min, param.max)
+    _put(blob, _caffe_uniform(blob.numel(), param.min, param.max))
+
+
+def _caffe_uniform(count: int, low: float, high: float) -> np.ndarray:
+    """caffe_rng_uniform: [low, high] is boost's [low, nextafter(high))."""
+    high = np.nextafter(f32(high), f32(np.inf))
+    with caffe_rng() as stream:
+        return boost.uniform_real(stream, count, low, high)
+
+
+def _caffe_gaussian(count: int, mean: float, std: float) -> np.ndarray:
+    with caffe_rng() as stream:
+        return boost.normal(stream, count, mean, std)
 
 
 @filler("gaussian")
@@ -85,36 +108,40 @@ def _gaussian(blob: torch.Tensor, param: FillerParameter) -> None:
         raise CaffeError(f"gaussian filler needs std > 0, got {param.std}")
     if param.sparse < -1:
         raise CaffeError(f"gaussian filler needs sparse >= -1, got {param.sparse}")
-    blob.normal_(param.mean, param.std)
+    values = _caffe_gaussian(blob.numel(), param.mean, param.std)
     if param.sparse >= 0:
         # Keep each weight with probability sparse / num_outputs, as Caffe does
         # to give every output about `sparse` non-zero inputs.
         if blob.dim() < 1:
             raise CaffeError("sparse gaussian filler needs a blob with at least 1 axis")
-        keep = param.sparse / blob.shape[0]
+        keep = f32(param.sparse) / f32(blob.shape[0])
         if keep > 1:
             # Caffe's Bernoulli draw refuses a probability over 1.
             raise CaffeError(f"sparse gaussian filler: sparse ({param.sparse}) exceeds "
                              f"the blob's {blob.shape[0]} outputs (shape(0))")
-        blob.mul_(torch.bernoulli(torch.full_like(blob, keep)))
+        with caffe_rng() as stream:
+            values *= boost.bernoulli(stream, values.size, keep)
+    _put(blob, values)
 
 
 @filler("positive_unitball")
 def _positive_unitball(blob: torch.Tensor, param: FillerParameter) -> None:
-    blob.uniform_(0, 1)
-    rows = blob.view(blob.shape[0], -1) if blob.dim() else blob.view(1, -1)
-    rows.div_(rows.sum(dim=1, keepdim=True))
+    values = _caffe_uniform(blob.numel(), 0.0, 1.0)
+    rows = values.reshape(_legacy_dim(blob, 0), -1)
+    # Caffe sums each row in order, in float.
+    rows /= np.add.accumulate(rows, axis=1, dtype=np.float32)[:, -1:]
+    _put(blob, values)
 
 
 @filler("xavier")
 def _xavier(blob: torch.Tensor, param: FillerParameter) -> None:
-    bound = math.sqrt(3.0 / _scale_n(blob, param))
-    blob.uniform_(-bound, bound)
+    scale = np.sqrt(f32(3) / _scale_n(blob, param))
+    _put(blob, _caffe_uniform(blob.numel(), -scale, scale))
 
 
 @filler("msra")
 def _msra(blob: torch.Tensor, param: FillerParameter) -> None:
-    blob.normal_(0.0, math.sqrt(2.0 / _scale_n(blob, param)))
+    _put(blob, _caffe_gaussian(blob.numel(), 0.0, np.sqrt(f32(2) / _scale_n(blob, param))))
 
 
 @filler("bilinear")

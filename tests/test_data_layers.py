@@ -19,7 +19,7 @@ import caffe_ft.layers.data as data_layers
 from caffe_ft.data.db_cursor import shared_env
 from caffe_ft.data.lmdb_io import LMDBWriter
 from caffe_ft.data.prefetch import WORKERS_ENV
-from caffe_ft.data.rng import CaffeRNG
+from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.data.sources import Shard
 from caffe_ft.errors import CaffeError
 from caffe_ft.net import Net

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from caffe_ft.blobs import array_to_blob_proto
-from caffe_ft.data.rng import CaffeRNG
+from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.data.transformer import DataTransformer
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2

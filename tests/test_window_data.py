@@ -12,7 +12,7 @@ import torch
 from caffe_ft.pycaffe import net as pycaffe
 from caffe_ft.blobs import array_to_blob_proto
 from caffe_ft.data.prefetch import WORKERS_ENV
-from caffe_ft.data.rng import CaffeRNG
+from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.data.windows import Warp, Window, WindowSource, read_window_file, warp_geometry
 from caffe_ft.errors import CaffeError
 from caffe_ft.net import Net

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from caffe_ft.data.rng import CaffeRNG
+from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.data.sources import Shard
 from caffe_ft.errors import CaffeError
 

@@ -22,7 +22,7 @@ import numpy as np
 from caffe_ft.data.datum import datum_where, decode_image, parse_datum
 from caffe_ft.data.db_cursor import DatumCursor
 from caffe_ft.data.image_list import ListEntry
-from caffe_ft.data.rng import CaffeRNG
+from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.data.transformer import DataTransformer
 from caffe_ft.errors import CaffeError
 from caffe_ft.glog import logger

@@ -16,7 +16,7 @@ import numpy as np
 
 from caffe_ft.blobs import blob_proto_to_array
 from caffe_ft.data.datum import datum_to_array, decode_image, image_to_array
-from caffe_ft.data.rng import CaffeRNG
+from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.errors import CaffeError
 from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2

@@ -26,7 +26,7 @@ from typing import overload
 import cv2
 import numpy as np
 
-from caffe_ft.data.rng import CaffeRNG
+from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.data.sources import Allocator, new_arrays
 from caffe_ft.errors import CaffeError
 

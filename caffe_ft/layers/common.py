@@ -20,6 +20,8 @@ from caffe_ft.blobs import shape_string
 from caffe_ft.layers.base import TRAIN, Layer, Shape
 from caffe_ft.layers.registry import register
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.rng import boost
+from caffe_ft.rng.global_rng import caffe_rng
 
 EltwiseOp = caffe_pb2.EltwiseParameter
 ReductionOp = caffe_pb2.ReductionParameter
@@ -445,8 +447,12 @@ class ArgMax(Layer):
 @register("Dropout")
 class Dropout(Layer):
     """TRAIN: y = x · mask / (1 - ratio), mask ~ Bernoulli(1 - ratio) drawn
-    each forward (torch's RNG); the backward reuses the same scaled mask.
-    TEST: identity."""
+    each forward; the backward reuses the same scaled mask. TEST: identity.
+
+    On the CPU the mask is Caffe's own: caffe_rng_bernoulli in double from
+    Caffe's global generator, so a seeded CPU run drops what Caffe's drops.
+    Caffe's GPU masks come from cuRAND, which no one reproduces: on a GPU
+    the mask is drawn on the device (torch's generator)."""
 
     def setup(self, bottom_shapes: Sequence[Shape]) -> None:
         ratio = self.param.dropout_param.dropout_ratio
@@ -460,7 +466,13 @@ class Dropout(Layer):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.phase != TRAIN:
             return [x.view_as(x)]
-        keep = torch.rand_like(x) >= self._ratio
+        if x.device.type == "cpu":
+            with caffe_rng() as stream:
+                # DropoutLayer passes 1. - threshold_: a double probability.
+                drawn = boost.bernoulli(stream, x.numel(), 1.0 - float(self._ratio), np.float64)
+            keep = torch.from_numpy(drawn).view(x.shape)
+        else:
+            keep = torch.rand_like(x) >= self._ratio
         return [x * (keep.to(x.dtype) * self._scale)]
 
 

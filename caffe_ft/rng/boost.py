@@ -1,0 +1,241 @@
+"""The boost distributions Caffe samples from (math_functions.cpp's
+caffe_rng_uniform, caffe_rng_gaussian and caffe_rng_bernoulli), in float32,
+on a RawCursor, taking exactly boost's draws: the same values from the same
+stream position, and the stream left where boost leaves it.
+
+Rejections make the number of draws per value vary, so each sampler works
+out, for every upcoming draw at once, what an attempt starting there gives,
+and walks through them consuming what boost would.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from caffe_ft.rng.engine import RawCursor
+from caffe_ft.rng.ziggurat import exponential_table, normal_table
+
+f32 = np.float32
+_TWO_32 = f32(4294967296.0)  # float(mt19937::max() - min()) + 1 rounds to 2**32
+_TWO_24 = f32(16777216.0)
+# Draws looked at per pass of the ziggurat's vectorized tests, and the room
+# after them for the draws the last attempts go on to take.
+_WINDOW = 1 << 16
+_HEADROOM = 64
+
+
+def uniform_real(cursor: RawCursor, n: int, low: float, high: float) -> np.ndarray:
+    """boost::uniform_real<float>(low, high): u / 2**32 * (high - low) + low
+    in float, redrawn when it reaches high."""
+    low, high = f32(low), f32(high)
+    span = f32(high - low)
+    out = np.empty(n, np.float32)
+    done = 0
+    while done < n:
+        values = (cursor.peek(n - done)[:n - done].astype(np.float32) / _TWO_32) * span + low
+        kept = values < high
+        if kept.all():
+            out[done:] = values
+            cursor.take(n - done)
+            break
+        # Only the accepted ones count; each rejected draw costs one more.
+        out[done:done + int(kept.sum())] = values[kept]
+        done += int(kept.sum())
+        cursor.take(len(values))
+    return out
+
+
+class _OutOfDraws(Exception):
+    """A scalar step ran past the draws looked at: look at more."""
+
+
+class _Reader:
+    """Scalar steps' view of draws already looked at, from `index` on."""
+
+    def __init__(self, draws: np.ndarray, index: int) -> None:
+        self.draws = draws
+        self.index = index
+
+    def one(self) -> int:
+        if self.index >= len(self.draws):
+            raise _OutOfDraws
+        self.index += 1
+        return int(self.draws[self.index - 1])
+
+
+Source = RawCursor | _Reader
+
+
+def uniform_01(source: Source) -> np.float32:
+    """boost::uniform_01<float>: u · 2**-32, redrawn when it rounds to 1."""
+    while True:
+        value = f32(source.one()) / _TWO_32
+        if value < f32(1):
+            return value
+
+
+def bernoulli(cursor: RawCursor, n: int, p: float,
+              real: type[np.floating] = np.float32) -> np.ndarray:
+    """boost::bernoulli_distribution<real>(p): u ≤ p · (2**32 - 1) in
+    `real`, one draw per value; p = 0 takes no draw."""
+    p = real(p)
+    if p == 0:
+        return np.zeros(n, bool)
+    return cursor.take(n).astype(real) <= p * real(0xFFFFFFFF)
+
+
+def _int_float_pairs(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """generate_int_float_pair<float, 8> on a 32-bit engine, for each draw:
+    the low 8 bits are the bucket, the high 24 the fraction."""
+    return (draws >> 8).astype(np.float32) / _TWO_24, (draws & 0xFF).astype(np.int64)
+
+
+def _wedge_accepts(layer: np.ndarray, x: np.ndarray, y01: np.ndarray) -> np.ndarray:
+    """The normal ziggurat's test for attempts that fell outside layer i's
+    rectangle core, with y01 their uniform_01 draw, in boost's float steps.
+    Convex layers (x_i ≥ 1) lie below the chord and above the tangent at
+    x_i; concave ones the other way round."""
+    table = normal_table()
+    x_i = table.x[layer].astype(np.float32)
+    y_i = table.y[layer].astype(np.float32)
+    y = y_i + y01 * (table.y[layer + 1] - table.y[layer]).astype(np.float32)
+    chord = (table.x[layer] - table.x[layer + 1]).astype(np.float32) * y01 - (x_i - x)
+    tangent = y - (y_i + (x_i - x) * y_i * x_i)
+    convex = table.x[layer] >= 1
+    upper = np.where(convex, chord, tangent)
+    lower = np.where(convex, tangent, chord)
+    half_square = x * x / f32(2)
+    density = np.exp(-half_square.astype(np.float64)).astype(np.float32)  # expf
+    return (upper < 0) & ((lower < 0) | (y < density))
+
+
+def _normal_attempt(source: Source) -> np.float32 | None:
+    """One whole attempt of the normal ziggurat, draw by draw; None when it
+    is rejected."""
+    table = normal_table()
+    fraction, bucket = _int_float_pairs(np.array([source.one()], np.uint32))
+    layer = bucket >> 1
+    x = fraction * table.x[layer].astype(np.float32)
+    sign = f32(1) if bucket[0] & 1 else f32(-1)
+    if float(x[0]) < table.x[layer[0] + 1]:
+        return x[0] * sign
+    if layer[0] == 0:
+        return _normal_tail(source) * sign
+    y01 = np.array([uniform_01(source)], np.float32)
+    return x[0] * sign if _wedge_accepts(layer, x, y01)[0] else None
+
+
+def normal(cursor: RawCursor, n: int, mean: float, sigma: float) -> np.ndarray:
+    """boost::normal_distribution<float>(mean, sigma): boost's ziggurat
+    (128 layers, a random sign from the bucket's low bit), then
+    value · sigma + mean in float."""
+    parts: list[np.ndarray] = []
+    done = 0
+    while done < n:
+        values, used = _normal_window(cursor.peek(min(n - done, _WINDOW) + _HEADROOM), n - done)
+        parts.append(values)
+        cursor.take(used)
+        done += len(values)
+    return np.concatenate(parts) * f32(sigma) + f32(mean) if parts else \
+        np.empty(0, np.float32)
+
+
+def _normal_window(draws: np.ndarray, wanted: int) -> tuple[np.ndarray, int]:
+    """Up to `wanted` values from the draws looked at, and the draws they
+    used. Every draw is first treated as an attempt's start: about 99% pass
+    the quick test (value x · sign, one draw); the rest, in order, take the
+    next draw as their uniform_01 and are accepted or not, or (rarely: the
+    tail, or a uniform_01 redraw) run draw by draw."""
+    table = normal_table()
+    starts = len(draws) - _HEADROOM  # attempts start here; the rest is room for their draws
+    fraction, bucket = _int_float_pairs(draws)
+    layer = bucket >> 1
+    x = fraction * table.x[layer].astype(np.float32)
+    values = np.where(bucket & 1, x, -x)
+    slow = np.flatnonzero(x[:starts].astype(np.float64) >= table.x[layer[:starts] + 1])
+    y01 = draws[slow + 1].astype(np.float32) / _TWO_32
+    wedge = (layer[slow] != 0) & (y01 < f32(1))
+    accepted = np.zeros(len(slow), bool)
+    accepted[wedge] = _wedge_accepts(layer[slow][wedge], x[slow][wedge], y01[wedge])
+    unused: list[int] = []  # draws consumed without giving a value
+    at = have = 0
+    for k, s in enumerate(slow.tolist()):
+        if s < at:
+            continue  # this draw was an earlier attempt's uniform_01
+        if have + s - at >= wanted:
+            break
+        have += s - at
+        at = s
+        if wedge[k]:
+            unused.append(s + 1)
+            if accepted[k]:
+                have += 1
+            else:
+                unused.append(s)
+            at = s + 2
+            continue
+        reader = _Reader(draws, s)
+        try:
+            value = _normal_attempt(reader)
+        except _OutOfDraws:
+            # Start this attempt again with more draws in view.
+            return _kept(values, at, unused), at
+        unused.extend(range(s + 1, reader.index))
+        if value is None:
+            unused.append(s)
+        else:
+            values[s] = value
+            have += 1
+        at = reader.index
+    # Quick attempts from here to the next slow one (or the end of the starts).
+    following = int(np.searchsorted(slow, at))
+    end = int(slow[following]) if following < len(slow) else starts
+    at += max(0, min(end - at, wanted - have))
+    return _kept(values, at, unused), at
+
+
+def _kept(values: np.ndarray, used: int, unused: list[int]) -> np.ndarray:
+    keep = np.ones(used, bool)
+    keep[unused] = False
+    return values[:used][keep]
+
+
+def _normal_tail(source: Source) -> np.float32:
+    """Beyond R: x from Exp(R), y from Exp(1), accepted when 2y > x²."""
+    start = f32(normal_table().x[1])
+    while True:
+        x = exponential(source) / start
+        y = exponential(source)
+        if f32(2) * y > x * x:
+            return x + start
+
+
+def exponential(source: Source) -> np.float32:
+    """boost's unit exponential<float>: a 256-layer ziggurat whose base
+    layer's tail repeats the whole distribution, shifted by R."""
+    table = exponential_table()
+    tx, ty = table.x, table.y
+    shift = f32(0)
+    while True:
+        draw = source.one()
+        fraction = f32(draw >> 8) / _TWO_24
+        i = draw & 0xFF
+        x = fraction * f32(tx[i])
+        if x < f32(tx[i + 1]):
+            return shift + x
+        if i == 0:
+            shift += f32(tx[1])
+            continue
+        y01 = uniform_01(source)
+        y = f32(ty[i]) + y01 * f32(ty[i + 1] - ty[i])
+        upper = f32(tx[i] - tx[i + 1]) * y01 - (f32(tx[i]) - x)
+        lower = y - (f32(ty[i + 1]) + (f32(tx[i + 1]) - x) * f32(ty[i + 1]))
+        if upper < 0 and (lower < 0 or y < _expf(-x)):
+            return x + shift
+
+
+def _expf(value: np.float32) -> np.float32:
+    """std::exp on a float: exp rounded to float (glibc's expf is within
+    half an ulp but for ties this never meets)."""
+    return f32(math.exp(float(value)))

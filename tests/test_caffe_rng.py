@@ -1,0 +1,180 @@
+"""Caffe's random numbers draw for draw: the ziggurat tables from their
+definition, torch's default generator as Caffe's global stream, boost's
+distributions against a draw-by-draw walk of the same algorithm, and the
+fillers against the weights real Caffe drew (golden/layers, seed 1701)."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import numpy as np
+import pytest
+import torch
+
+from caffe_ft.net import Net
+from caffe_ft.proto import caffe_pb2
+from caffe_ft.protofile import read_binary, read_text
+from caffe_ft.rng import boost
+from caffe_ft.rng.engine import CaffeRNG, RawCursor, engine_at, init_genrand
+from caffe_ft.rng.global_rng import caffe_rng
+from caffe_ft.rng.ziggurat import (
+    EXPONENTIAL_CURVE,
+    EXPONENTIAL_R,
+    NORMAL_CURVE,
+    NORMAL_R,
+    exponential_table,
+    normal_table,
+    top_overshoot,
+)
+from conftest import FIXTURES
+
+GOLDEN_LAYERS = FIXTURES / "golden_layers"
+RANDOM_FILLERS = ("gaussian", "xavier", "msra", "uniform", "positive_unitball")
+
+
+def cursor(seed: int) -> RawCursor:
+    return RawCursor(engine_at(init_genrand(seed), 624))
+
+
+# -- the ziggurat tables ------------------------------------------------------
+@pytest.mark.parametrize("r,layers,curve", [(NORMAL_R, 128, NORMAL_CURVE),
+                                            (EXPONENTIAL_R, 256, EXPONENTIAL_CURVE)])
+def test_r_is_the_root_that_ends_the_top_layer_at_one(r: Decimal, layers: int, curve) -> None:
+    # Far finer than a double's 17 digits, coarse enough for 34-digit sums.
+    step = Decimal("1e-20")
+    assert top_overshoot(r - step, layers, *curve) > 0 > top_overshoot(r + step, layers, *curve)
+
+
+@pytest.mark.parametrize("table,f,layers", [
+    (normal_table(), lambda x: np.exp(-x * x / 2), 128),
+    (exponential_table(), lambda x: np.exp(-x), 256)])
+def test_tables_have_boosts_shape(table, f, layers: int) -> None:
+    assert len(table.x) == len(table.y) == layers + 1
+    assert np.all(np.diff(table.x) < 0) and table.x[-1] == 0
+    assert table.y[0] == 0 and table.y[-1] == 1
+    np.testing.assert_allclose(table.y[1:-1], f(table.x[1:-1]), rtol=1e-15)
+    # Every layer has the base's area: (y_(i+1) - y_i) · x_i is the same for all.
+    areas = (table.y[2:] - table.y[1:-1]) * table.x[1:-1]
+    np.testing.assert_allclose(areas, table.x[0] * table.y[1], rtol=1e-12)
+
+
+# -- the global stream --------------------------------------------------------
+def test_the_global_stream_is_mt19937_of_the_seed_and_torch_carries_on() -> None:
+    reference = CaffeRNG(1701)
+    expected = [reference.raw() for _ in range(1400)]
+    torch.manual_seed(1701)
+    seen: list[int] = []
+    for count in (1, 5, 700, 3, 624):
+        with caffe_rng() as stream:
+            seen.extend(int(v) for v in stream.take(count))
+    # torch's own full-range draw takes the next two outputs, high word first.
+    pair = int(torch.empty((), dtype=torch.int64).random_(-2**63, None)) & (2**64 - 1)
+    seen.extend([pair >> 32, pair & 0xFFFFFFFF])
+    with caffe_rng() as stream:
+        stream.peek(5000)  # looked at, not taken: the stream does not move
+    with caffe_rng() as stream:
+        seen.extend(int(v) for v in stream.take(10))
+    assert seen == expected[:len(seen)]
+
+
+# -- the distributions ---------------------------------------------------------
+def _draw_by_draw(seed: int, n: int) -> tuple[np.ndarray, int]:
+    """boost's normal loop, one attempt at a time."""
+    stream = cursor(seed)
+    values: list[np.float32] = []
+    while len(values) < n:
+        value = boost._normal_attempt(stream)
+        if value is not None:
+            values.append(value)
+    return np.array(values, np.float32), stream.consumed
+
+
+@pytest.mark.parametrize("seed", [1, 1701])
+def test_normal_takes_the_draws_of_boosts_loop(seed: int) -> None:
+    expected, consumed = _draw_by_draw(seed, 150_000)
+    whole = cursor(seed)
+    np.testing.assert_array_equal(boost.normal(whole, 150_000, 0.0, 1.0), expected)
+    assert whole.consumed == consumed
+    pieces = cursor(seed)
+    parts = [boost.normal(pieces, n, 0.0, 1.0) for n in [1] * 50 + [7] * 50 + [149_600]]
+    np.testing.assert_array_equal(np.concatenate(parts), expected)
+    assert pieces.consumed == consumed
+
+
+def test_normal_reaches_the_tail_and_has_unit_spread() -> None:
+    values = boost.normal(cursor(3), 400_000, 0.0, 1.0)
+    assert np.abs(values).max() > normal_table().x[1]  # the tail was sampled
+    assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
+
+
+class _FixedDraws(RawCursor):
+    """A cursor over given draws, to reach rare branches on purpose."""
+
+    def __init__(self, draws: list[int]) -> None:
+        self._draws = np.array(draws, np.uint32)
+        self.consumed = 0
+
+    def peek(self, n: int) -> np.ndarray:
+        return self._draws[self.consumed:]
+
+    def take(self, n: int) -> np.ndarray:
+        self.consumed += n
+        return self._draws[self.consumed - n:self.consumed]
+
+    def one(self) -> int:
+        return int(self.take(1)[0])
+
+
+def test_uniform_redraws_what_rounds_up_to_the_top() -> None:
+    # 2**32 - 1 rounds to 2**32 in float: 1 · span + low reaches high.
+    stream = _FixedDraws([0, 0xFFFFFFFF, 1 << 31, 0xFFFFFFF0, 1 << 30])
+    values = boost.uniform_real(stream, 3, -1.0, 1.0)
+    np.testing.assert_array_equal(values, np.float32([-1.0, 0.0, -0.5]))
+    assert stream.consumed == 5
+
+
+def test_bernoulli_compares_in_its_own_precision() -> None:
+    # 2**31 + 128 is above p · (2**32 - 1) for p = 0.5 in double, not in float.
+    draws = [(1 << 31) + 128] * 2
+    assert not boost.bernoulli(_FixedDraws(draws), 1, 0.5, np.float64)[0]
+    assert boost.bernoulli(_FixedDraws(draws), 1, 0.5, np.float32)[0]
+    none = _FixedDraws(draws)
+    assert not boost.bernoulli(none, 2, 0.0).any() and none.consumed == 0
+
+
+# -- Caffe's own draws ---------------------------------------------------------
+def _random_cases() -> list[str]:
+    return sorted(p.name for p in GOLDEN_LAYERS.iterdir()
+                  if any(f'"{kind}"' in (p / "net.prototxt").read_text()
+                         for kind in RANDOM_FILLERS))
+
+
+@pytest.mark.parametrize("case", _random_cases())
+def test_fillers_draw_what_caffe_drew_with_seed_1701(case: str) -> None:
+    folder = GOLDEN_LAYERS / case
+    meta = json.loads((folder / "meta.json").read_text())
+    torch.manual_seed(1701)
+    net = Net(read_text(folder / "net.prototxt", caffe_pb2.NetParameter()),
+              getattr(caffe_pb2, meta["phase"]), source=str(folder / "net.prototxt"))
+    caffe = read_binary(folder / "weights.caffemodel", caffe_pb2.NetParameter())
+    for layer in caffe.layer:
+        for i, blob in enumerate(layer.blobs):
+            mine = net.params_of(layer.name)[i].detach().numpy().ravel()
+            np.testing.assert_array_equal(mine, np.array(blob.data, np.float32),
+                                          err_msg=f"{layer.name} blob {i}")
+
+
+def test_cpu_dropout_drops_what_caffes_bernoulli_in_double_drops() -> None:
+    from caffe_ft.layers.common import Dropout
+    param = caffe_pb2.LayerParameter(name="drop", type="Dropout", bottom=["x"], top=["y"])
+    param.dropout_param.dropout_ratio = 0.3
+    layer = Dropout(param, caffe_pb2.TRAIN)
+    layer.setup([(4, 50)])
+    torch.manual_seed(5)
+    y = layer(torch.ones(4, 50))[0]
+    stream = CaffeRNG(5)
+    draws = np.array([stream.raw() for _ in range(200)], np.float64)
+    keep = draws <= (1.0 - float(np.float32(0.3))) * 4294967295.0
+    np.testing.assert_array_equal(y.numpy().ravel() != 0, keep)
+    np.testing.assert_array_equal(y.numpy().ravel()[keep], np.float32(1 / np.float32(0.7)))
+

@@ -15,6 +15,7 @@ from caffe_ft.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import read_binary, read_text
 from caffe_ft.rng import boost
+from caffe_ft.rng.c_rand import GlibcRand
 from caffe_ft.rng.engine import CaffeRNG, RawCursor, engine_at, init_genrand
 from caffe_ft.rng.global_rng import caffe_rng
 from caffe_ft.rng.ziggurat import (
@@ -178,3 +179,27 @@ def test_cpu_dropout_drops_what_caffes_bernoulli_in_double_drops() -> None:
     np.testing.assert_array_equal(y.numpy().ravel() != 0, keep)
     np.testing.assert_array_equal(y.numpy().ravel()[keep], np.float32(1 / np.float32(0.7)))
 
+
+
+# -- C's rand() ------------------------------------------------------------------
+def test_glibc_rand_is_glibcs() -> None:
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    if not hasattr(libc, "gnu_get_libc_version"):
+        pytest.skip("the C library here is not glibc")
+    for seed in (1, 0, 42, 2**31 + 5):
+        libc.srand(ctypes.c_uint(seed))
+        ours = GlibcRand(seed)
+        assert [ours.rand() for _ in range(2000)] == [libc.rand() for _ in range(2000)]
+
+
+def test_random_shuffle_swaps_each_element_with_an_earlier_one() -> None:
+    items = list(range(6))
+    GlibcRand(1).random_shuffle(items)
+    draws = GlibcRand(1)
+    expected = list(range(6))
+    for i in range(1, 6):
+        j = draws.rand() % (i + 1)
+        expected[i], expected[j] = expected[j], expected[i]
+    assert items == expected

@@ -19,13 +19,14 @@ import caffe_ft.layers.data as data_layers
 from caffe_ft.data.db_cursor import shared_env
 from caffe_ft.data.lmdb_io import LMDBWriter
 from caffe_ft.data.prefetch import WORKERS_ENV
-from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.data.sources import Shard
 from caffe_ft.errors import CaffeError
 from caffe_ft.net import Net
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import parse_text
 from caffe_ft.pycaffe.mode import set_random_seed
+from caffe_ft.rng.c_rand import C_RAND
+from caffe_ft.rng.engine import CaffeRNG
 from conftest import FIXTURES
 from solver_helpers import captured_log
 
@@ -493,6 +494,21 @@ def test_hdf5data_shuffle_takes_no_caffe_draw(tmp_path: Path) -> None:
     net = _net(text, TEST)
     draws = _caffe_draws(1701, 2)
     assert _mirrored(_batches(net, 1, ("a",))[0]["a"]) == _mirror_coins(draws[1], 8)
+
+
+def test_hdf5data_shuffles_rows_as_caffes_random_shuffle_on_glibc_rand(tmp_path: Path) -> None:
+    # A fresh Caffe process: C's rand() from glibc's default seed 1, whose
+    # first outputs are 1804289383, 846930886, 1681692777, 1714636915,
+    # 1957747793. random_shuffle swaps i with rand() % (i + 1), i = 1, 2, ...:
+    # files [0, 1] stay (1804289383 % 2 = 1); part0's rows [0, 1, 2] →
+    # [1, 0, 2] (846930886 % 2 = 0) → [2, 0, 1] (1681692777 % 3 = 0); at
+    # its end part1 is loaded, its rows [0, 1] shuffled at the load
+    # (1714636915 % 2 = 1) and as the rows wrap (1957747793 % 2 = 1): both stay.
+    C_RAND.srand(1)
+    text = (f'layer {{ name: "h5" type: "HDF5Data" top: "data" top: "label" hdf5_data_param '
+            f'{{ source: "{_hdf5_files(tmp_path)}" batch_size: 4 shuffle: true }} }}')
+    batch = _batches(_net(text), 1)[0]
+    np.testing.assert_array_equal(batch["label"], [102, 100, 101, 103])
 
 
 def test_hdf5output_writes_one_pass(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ The source is a text file of HDF5 paths (whitespace-separated). Each file
 holds one dataset per top, named after the top, with the same number of rows;
 rows are served in order, file after file, wrapping to the first file. With
 `shuffle`, Caffe reorders the files at setup and at each wrap, and the rows
-each time a file is loaded and each time it is finished; the same shuffles
-are made here with a seeded mt19937 (Caffe's std::random_shuffle is unseeded).
+each time a file is loaded and each time it is finished, with
+std::random_shuffle on C's rand(): the same shuffles are made here on the
+process's glibc rand() stream (caffe_ft.rng.c_rand), so the order is Caffe's.
 Rows are read whole into memory at each file change, as Caffe does, so the
 layer reads in its own process.
 """
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from caffe_ft.rng.engine import CaffeRNG
 from caffe_ft.data.sources import Shard
+from caffe_ft.rng.c_rand import GlibcRand
 from caffe_ft.errors import CaffeError
 
 
@@ -66,17 +67,17 @@ def load_datasets(h5py: Any, filename: str, names: list[str]) -> list[np.ndarray
 
 class HDF5Rows:
     def __init__(self, h5py: Any, source: str, tops: list[str], batch_size: int,
-                 shuffle: bool, seed: int, shard: Shard) -> None:
+                 shuffle: GlibcRand | None, shard: Shard) -> None:
         self.h5py = h5py
         self.source = source
         self.tops = tops
         self.batch_size = batch_size
         self.shard = shard
         self.files = read_file_list(source)
-        self.rng = CaffeRNG(seed) if shuffle else None
+        self.rng = shuffle
         self.file_order = list(range(len(self.files)))
         if self.rng is not None:
-            self.rng.shuffle(self.file_order)
+            self.rng.random_shuffle(self.file_order)
         self.current_file = 0
         self.row_shapes: list[tuple[int, ...]] | None = None
         self._load()
@@ -92,7 +93,7 @@ class HDF5Rows:
         self.arrays = load_datasets(self.h5py, self.filename, self.tops)
         self.row_order = list(range(self.arrays[0].shape[0]))
         if self.rng is not None:
-            self.rng.shuffle(self.row_order)
+            self.rng.random_shuffle(self.row_order)
         for name, array, shape in zip(self.tops, self.arrays, self.row_shapes or ()):
             if array.shape[1:] != shape:
                 raise CaffeError(f"{self.filename}: dataset {name} rows are "
@@ -111,11 +112,11 @@ class HDF5Rows:
                 if self.current_file == len(self.files):
                     self.current_file = 0
                     if self.rng is not None:
-                        self.rng.shuffle(self.file_order)
+                        self.rng.random_shuffle(self.file_order)
                 self._load()
             self.row = 0
             if self.rng is not None:
-                self.rng.shuffle(self.row_order)
+                self.rng.random_shuffle(self.row_order)
         self.offset += 1
 
     def next_batch(self) -> list[np.ndarray]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from caffe_ft.rng.global_rng import caffe_rng
 
@@ -32,11 +31,3 @@ def prefetching_layer_seeds(transformer_needs_rng: bool, layer_draws: int) -> Pr
         values = [int(v) for v in stream.take(wanted + 1)]
     own = values[int(transformer_needs_rng):][:layer_draws]
     return PrefetchSeeds(values[wanted - 1] if transformer_needs_rng else 0, own)
-
-
-def seed_outside_caffe_rng() -> int:
-    """A seed for a shuffle that Caffe does not draw from its own generator
-    (HDF5Data's std::random_shuffle uses C's rand()): it takes no draw, so the
-    layers set up after it keep Caffe's seeds, and set_random_seed still
-    makes it repeatable."""
-    return torch.initial_seed() & 0xFFFFFFFF

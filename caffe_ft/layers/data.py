@@ -23,7 +23,7 @@ from caffe_ft.data.db_cursor import first_record
 from caffe_ft.data.hdf5_source import HDF5Rows
 from caffe_ft.data.image_list import parse_list_file
 from caffe_ft.data.prefetch import Prefetcher, default_workers, train_shard
-from caffe_ft.data.rng import prefetching_layer_seeds, seed_outside_caffe_rng
+from caffe_ft.data.rng import prefetching_layer_seeds
 from caffe_ft.data.sources import BatchSource, DatumSource, ImageListSource, Shard
 from caffe_ft.data.transformer import DataTransformer, load_mean_file
 from caffe_ft.data.windows import WindowFile, WindowSource, read_window_file
@@ -34,6 +34,7 @@ from caffe_ft.layers.base import TRAIN, Layer, Shape
 from caffe_ft.layers.registry import register
 from caffe_ft.glog import logger
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.rng.c_rand import C_RAND
 
 LEVELDB = caffe_pb2.DataParameter.LEVELDB
 
@@ -183,9 +184,8 @@ class HDF5Data(_SourceLayer):
             raise self.error("hdf5_data_param.batch_size must be > 0")
         logger.info("Loading list of HDF5 filenames from: %s", param.source)
         shard = train_shard() if self.phase == TRAIN else Shard()
-        seed = seed_outside_caffe_rng() if param.shuffle else 0
         self.rows = HDF5Rows(h5py, param.source, list(self.param.top), param.batch_size,
-                             param.shuffle, seed, shard)
+                             C_RAND if param.shuffle else None, shard)
         logger.info("Number of HDF5 files: %d", len(self.rows.files))
         self.top_shapes = self.rows.top_shapes()
 

@@ -145,7 +145,10 @@ def test_solver_freezes_lr_mult_0_layers_and_the_loss_falls(work: Path, capsys) 
 
     before = scored_loss(solver)
     seconds = []
-    for _ in range(9):
+    # Dropout (0.7 and 0.4, Caffe's draws) makes a few iterations' progress a
+    # matter of the seed: after 9, seeds 1701, 1, 2, 3 left 0.88, 0.79, 1.00
+    # and 0.92 of the loss; after 20, 0.73, 0.80, 0.84 and 0.85.
+    for _ in range(20):
         start = time.perf_counter()
         solver.step(1)
         seconds.append(time.perf_counter() - start)

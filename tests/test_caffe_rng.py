@@ -1,7 +1,9 @@
 """Caffe's random numbers draw for draw: the ziggurat tables from their
 definition, torch's default generator as Caffe's global stream, boost's
-distributions against a draw-by-draw walk of the same algorithm, and the
-fillers against the weights real Caffe drew (golden/layers, seed 1701)."""
+distributions against a draw-by-draw walk of the same algorithm, glibc's
+rand() against the C library's, and the fillers against the weights real
+Caffe drew with seed 1701 (every golden layer case, and the weights every
+golden solver run started from)."""
 from __future__ import annotations
 
 import json
@@ -203,3 +205,27 @@ def test_random_shuffle_swaps_each_element_with_an_earlier_one() -> None:
         j = draws.rand() % (i + 1)
         expected[i], expected[j] = expected[j], expected[i]
     assert items == expected
+
+
+def _cases_caffe_filled() -> list[str]:
+    from test_solver_golden import GOLDEN
+    # finetune_renamed_frozen starts from a trained LeNet, not from fillers.
+    return sorted(p.name for p in GOLDEN.iterdir()
+                  if (p / "init.caffemodel").exists() and p.name != "finetune_renamed_frozen")
+
+
+@pytest.mark.parametrize("case", _cases_caffe_filled())
+def test_a_seeded_solver_fills_the_weights_caffes_train_started_from(case: str,
+                                                                    tmp_path) -> None:
+    """Each golden solver case's init.caffemodel is what Caffe's fillers drew
+    with the case's random_seed: a Solver without -weights starts there too."""
+    from caffe_ft.solver import Solver
+    from caffe_ft.upgrade import read_solver_text
+    from test_solver_golden import GOLDEN, read_model, stage_case
+    path = str(stage_case(case, tmp_path) / "solver.prototxt")
+    solver = Solver(read_solver_text(path), path)
+    caffe = read_model(GOLDEN / case / "init.caffemodel")
+    for name, blobs in caffe.items():
+        for mine, theirs in zip(solver.net.params_of(name), blobs, strict=True):
+            np.testing.assert_array_equal(mine.detach().numpy().ravel(),
+                                          np.asarray(theirs, np.float32).ravel(), err_msg=name)

@@ -84,9 +84,9 @@ def _put(blob: torch.Tensor, values: np.ndarray) -> None:
 
 @filler("uniform")
 def _uniform(blob: torch.Tensor, param: FillerParameter) -> None:
-    if param.min > param.max:
-        raise CaffeError(f"uniform filler needs min <= max, got min {param.min} "
-                         f"> max {param.max}")
+    if not (math.isfinite(param.min) and math.isfinite(param.max) and param.min <= param.max):
+        raise CaffeError(f"uniform filler needs finite min <= max, got min {param.min}, "
+                         f"max {param.max}")
     _put(blob, _caffe_uniform(blob.numel(), param.min, param.max))
 
 
@@ -104,8 +104,9 @@ def _caffe_gaussian(count: int, mean: float, std: float) -> np.ndarray:
 
 @filler("gaussian")
 def _gaussian(blob: torch.Tensor, param: FillerParameter) -> None:
-    if param.std <= 0:
-        raise CaffeError(f"gaussian filler needs std > 0, got {param.std}")
+    if not param.std > 0 or not math.isfinite(param.std) or not math.isfinite(param.mean):
+        raise CaffeError(f"gaussian filler needs a finite mean and std > 0, got mean "
+                         f"{param.mean}, std {param.std}")
     if param.sparse < -1:
         raise CaffeError(f"gaussian filler needs sparse >= -1, got {param.sparse}")
     values = _caffe_gaussian(blob.numel(), param.mean, param.std)

@@ -130,10 +130,21 @@ def test_bilinear_kernel_upsamples_by_its_factor() -> None:
     (dict(type="gaussian", std=1.0, sparse=-2), "sparse >= -1"),
     (dict(type="gaussian", std=1.0, sparse=9), "exceeds"),
     (dict(type="uniform", min=1.0, max=0.0), "min <= max"),
+    (dict(type="uniform", min=0.0, max=float("nan")), "finite min <= max"),
+    (dict(type="uniform", min=float("-inf"), max=0.0), "finite min <= max"),
+    (dict(type="gaussian", std=float("inf")), "std > 0"),
+    (dict(type="gaussian", std=float("nan")), "std > 0"),
+    (dict(type="gaussian", std=1.0, mean=float("inf")), "finite mean"),
 ])
 def test_bad_fillers_raise(fields: dict, message: str) -> None:
     with pytest.raises(CaffeError, match=message):
         fill(torch.empty(4, 3), FillerParameter(**fields))
+
+
+def test_a_uniform_range_wider_than_float_is_drawn_at_half_scale() -> None:
+    # boost halves a range whose width overflows float, then doubles the draw.
+    blob = fill(torch.empty(1000), FillerParameter(type="uniform", min=-3e38, max=3e38))
+    assert torch.isfinite(blob).all() and blob.min() < -1e38 and blob.max() > 1e38
 
 
 def test_bilinear_needs_square_4d_blob() -> None:

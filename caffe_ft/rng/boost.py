@@ -27,8 +27,13 @@ _HEADROOM = 64
 
 def uniform_real(cursor: RawCursor, n: int, low: float, high: float) -> np.ndarray:
     """boost::uniform_real<float>(low, high): u / 2**32 * (high - low) + low
-    in float, redrawn when it reaches high."""
+    in float, redrawn when it reaches high. A range wider than float holds
+    is drawn at half scale and doubled, as boost does."""
     low, high = f32(low), f32(high)
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ValueError(f"uniform_real needs finite low < high, got [{low}, {high})")
+    if high / f32(2) - low / f32(2) > np.finfo(np.float32).max / f32(2):
+        return f32(2) * uniform_real(cursor, n, low / f32(2), high / f32(2))
     span = f32(high - low)
     out = np.empty(n, np.float32)
     done = 0

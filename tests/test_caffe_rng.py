@@ -104,6 +104,17 @@ def test_normal_takes_the_draws_of_boosts_loop(seed: int) -> None:
     assert pieces.consumed == consumed
 
 
+def test_normal_with_tiny_windows_still_takes_boosts_draws(monkeypatch) -> None:
+    # Windows of 1 draw with room for 1 more: a tail at a window's start runs
+    # past the draws in view and are drawn from the stream itself.
+    monkeypatch.setattr(boost, "_WINDOW", 1)
+    monkeypatch.setattr(boost, "_HEADROOM", 1)
+    expected, consumed = _draw_by_draw(11, 40_000)
+    stream = cursor(11)
+    np.testing.assert_array_equal(boost.normal(stream, 40_000, 0.0, 1.0), expected)
+    assert stream.consumed == consumed
+
+
 def test_normal_reaches_the_tail_and_has_unit_spread() -> None:
     values = boost.normal(cursor(3), 400_000, 0.0, 1.0)
     assert np.abs(values).max() > normal_table().x[1]  # the tail was sampled

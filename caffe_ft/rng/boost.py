@@ -138,9 +138,15 @@ def normal(cursor: RawCursor, n: int, mean: float, sigma: float) -> np.ndarray:
     parts: list[np.ndarray] = []
     done = 0
     while done < n:
-        values, used = _normal_window(cursor.peek(min(n - done, _WINDOW) + _HEADROOM), n - done)
+        view = min(n - done, _WINDOW) + _HEADROOM
+        values, used = _normal_window(cursor.peek(view)[:view], n - done)
+        if not used:
+            # An attempt right at the start needs more draws than the headroom.
+            value = _normal_attempt(cursor)
+            values = np.array([] if value is None else [value], np.float32)
+        else:
+            cursor.take(used)
         parts.append(values)
-        cursor.take(used)
         done += len(values)
     return np.concatenate(parts) * f32(sigma) + f32(mean) if parts else \
         np.empty(0, np.float32)

@@ -106,7 +106,7 @@ def test_normal_takes_the_draws_of_boosts_loop(seed: int) -> None:
 
 def test_normal_with_tiny_windows_still_takes_boosts_draws(monkeypatch) -> None:
     # Windows of 1 draw with room for 1 more: a tail at a window's start runs
-    # past the draws in view and are drawn from the stream itself.
+    # past the draws in view and is drawn from the stream itself.
     monkeypatch.setattr(boost, "_WINDOW", 1)
     monkeypatch.setattr(boost, "_HEADROOM", 1)
     expected, consumed = _draw_by_draw(11, 40_000)

@@ -23,6 +23,8 @@ _TWO_24 = f32(16777216.0)
 # after them for the draws the last attempts go on to take.
 _WINDOW = 1 << 16
 _HEADROOM = 64
+# Draws taken at a time by the one-draw-per-value samplers, to bound memory.
+_CHUNK = 1 << 20
 
 
 def uniform_real(cursor: RawCursor, n: int, low: float, high: float) -> np.ndarray:
@@ -38,16 +40,12 @@ def uniform_real(cursor: RawCursor, n: int, low: float, high: float) -> np.ndarr
     out = np.empty(n, np.float32)
     done = 0
     while done < n:
-        values = (cursor.peek(n - done)[:n - done].astype(np.float32) / _TWO_32) * span + low
-        kept = values < high
-        if kept.all():
-            out[done:] = values
-            cursor.take(n - done)
-            break
+        count = min(n - done, _CHUNK)
+        values = (cursor.take(count).astype(np.float32) / _TWO_32) * span + low
         # Only the accepted ones count; each rejected draw costs one more.
-        out[done:done + int(kept.sum())] = values[kept]
-        done += int(kept.sum())
-        cursor.take(len(values))
+        kept = values[values < high]
+        out[done:done + len(kept)] = kept
+        done += len(kept)
     return out
 
 
@@ -85,9 +83,13 @@ def bernoulli(cursor: RawCursor, n: int, p: float,
     """boost::bernoulli_distribution<real>(p): u ≤ p · (2**32 - 1) in
     `real`, one draw per value; p = 0 takes no draw."""
     p = real(p)
+    out = np.zeros(n, bool)
     if p == 0:
-        return np.zeros(n, bool)
-    return cursor.take(n).astype(real) <= p * real(0xFFFFFFFF)
+        return out
+    for start in range(0, n, _CHUNK):
+        count = min(n - start, _CHUNK)
+        out[start:start + count] = cursor.take(count).astype(real) <= p * real(0xFFFFFFFF)
+    return out
 
 
 def _int_float_pairs(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +137,7 @@ def normal(cursor: RawCursor, n: int, mean: float, sigma: float) -> np.ndarray:
     """boost::normal_distribution<float>(mean, sigma): boost's ziggurat
     (128 layers, a random sign from the bucket's low bit), then
     value · sigma + mean in float."""
-    parts: list[np.ndarray] = []
+    out = np.empty(n, np.float32)
     done = 0
     while done < n:
         view = min(n - done, _WINDOW) + _HEADROOM
@@ -146,10 +148,11 @@ def normal(cursor: RawCursor, n: int, mean: float, sigma: float) -> np.ndarray:
             values = np.array([] if value is None else [value], np.float32)
         else:
             cursor.take(used)
-        parts.append(values)
+        out[done:done + len(values)] = values
         done += len(values)
-    return np.concatenate(parts) * f32(sigma) + f32(mean) if parts else \
-        np.empty(0, np.float32)
+    out *= f32(sigma)
+    out += f32(mean)
+    return out
 
 
 def _normal_window(draws: np.ndarray, wanted: int) -> tuple[np.ndarray, int]:

@@ -14,6 +14,7 @@ STATE_WORDS = 624
 # Raw draws are pulled in blocks: one numpy call per draw would cost more
 # than the draw itself.
 _BLOCK = 1024
+_REPLAY = 1 << 20
 
 
 def init_genrand(seed: int) -> np.ndarray:
@@ -70,8 +71,11 @@ class RawCursor:
         # MT19937 cannot step back over the draws read ahead: replay from the start.
         engine = np.random.MT19937(0)
         engine.state = self._start
-        if self.consumed:
-            engine.random_raw(self.consumed)
+        skip = self.consumed
+        while skip:
+            step = min(skip, _REPLAY)  # in blocks: the draws are dropped
+            engine.random_raw(step)
+            skip -= step
         return engine
 
 
@@ -115,7 +119,7 @@ class CaffeRNG:
         skip -= in_block
         while skip:
             # Whole blocks are generated and dropped; MT19937 has no cheap jump by n.
-            step = min(skip, 1 << 20)
+            step = min(skip, _REPLAY)
             self._engine.random_raw(step)
             skip -= step
         self.position = position

@@ -9,6 +9,7 @@ and walks through them consuming what boost would.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -92,12 +93,6 @@ def bernoulli(cursor: RawCursor, n: int, p: float,
     return out
 
 
-def _int_float_pairs(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """generate_int_float_pair<float, 8> on a 32-bit engine, for each draw:
-    the low 8 bits are the bucket, the high 24 the fraction."""
-    return (draws >> 8).astype(np.float32) / _TWO_24, (draws & 0xFF).astype(np.int64)
-
-
 def _wedge_accepts(layer: np.ndarray, x: np.ndarray, y01: np.ndarray) -> np.ndarray:
     """The normal ziggurat's test for attempts that fell outside layer i's
     rectangle core, with y01 their uniform_01 draw, in boost's float steps.
@@ -119,18 +114,21 @@ def _wedge_accepts(layer: np.ndarray, x: np.ndarray, y01: np.ndarray) -> np.ndar
 
 def _normal_attempt(source: Source) -> np.float32 | None:
     """One whole attempt of the normal ziggurat, draw by draw; None when it
-    is rejected."""
-    table = normal_table()
-    fraction, bucket = _int_float_pairs(np.array([source.one()], np.uint32))
-    layer = bucket >> 1
-    x = fraction * table.x[layer].astype(np.float32)
-    sign = f32(1) if bucket[0] & 1 else f32(-1)
-    if float(x[0]) < table.x[layer[0] + 1]:
-        return x[0] * sign
-    if layer[0] == 0:
+    is rejected. Its first draw is generate_int_float_pair<float, 8> on a
+    32-bit engine: the low bit is the sign, the next 7 the layer, the high
+    24 the fraction of the layer's width."""
+    widths, quick_below = _normal_float_tables()
+    draw = source.one()
+    layer = (draw >> 1) & 0x7F
+    x = f32(draw >> 8) / _TWO_24 * widths[layer]
+    sign = f32(1) if draw & 1 else f32(-1)
+    if x < quick_below[layer]:
+        return x * sign
+    if layer == 0:
         return _normal_tail(source) * sign
     y01 = np.array([uniform_01(source)], np.float32)
-    return x[0] * sign if _wedge_accepts(layer, x, y01)[0] else None
+    accepted = _wedge_accepts(np.array([layer]), np.array([x], np.float32), y01)[0]
+    return x * sign if accepted else None
 
 
 def normal(cursor: RawCursor, n: int, mean: float, sigma: float) -> np.ndarray:
@@ -155,64 +153,89 @@ def normal(cursor: RawCursor, n: int, mean: float, sigma: float) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _normal_float_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per layer i: float(x_i), the factor of an attempt's fraction, and the
+    least float ≥ x_(i+1), so that a float x < x_(i+1) (the quick test, in
+    double) is x < that bound in float."""
+    table = normal_table()
+    bound = table.x[1:].astype(np.float32)
+    below = bound.astype(np.float64) < table.x[1:]
+    bound[below] = np.nextafter(bound[below], np.float32(np.inf))
+    return table.x[:-1].astype(np.float32), bound
+
+
 def _normal_window(draws: np.ndarray, wanted: int) -> tuple[np.ndarray, int]:
     """Up to `wanted` values from the draws looked at, and the draws they
     used. Every draw is first treated as an attempt's start: about 99% pass
-    the quick test (value x · sign, one draw); the rest, in order, take the
-    next draw as their uniform_01 and are accepted or not, or (rarely: the
-    tail, or a uniform_01 redraw) run draw by draw."""
-    table = normal_table()
+    the quick test (value x · sign, one draw). The others take the next draw
+    as their uniform_01 (two draws in all) and are accepted or not, so in a
+    run of consecutive slow draws every other one starts an attempt. Rarely
+    (the tail, or a uniform_01 that rounds to 1) an attempt takes other
+    draws: those run draw by draw, and the run the walk lands in after one
+    starts its alternation again there."""
+    widths, quick_below = _normal_float_tables()
     starts = len(draws) - _HEADROOM  # attempts start here; the rest is room for their draws
-    fraction, bucket = _int_float_pairs(draws)
-    layer = bucket >> 1
-    x = fraction * table.x[layer].astype(np.float32)
-    values = np.where(bucket & 1, x, -x)
-    slow = np.flatnonzero(x[:starts].astype(np.float64) >= table.x[layer[:starts] + 1])
+    layer = (draws >> 1) & 0x7F
+    x = (draws >> 8).astype(np.float32)
+    x /= _TWO_24
+    x *= widths[layer]
+    # The bucket's low bit is the sign: set the float's sign bit where it is 0.
+    values = (x.view(np.uint32) | ((~draws & 1) << 31)).view(np.float32)
+    slow = np.flatnonzero(x[:starts] >= quick_below[layer[:starts]])
     y01 = draws[slow + 1].astype(np.float32) / _TWO_32
-    wedge = (layer[slow] != 0) & (y01 < f32(1))
-    accepted = np.zeros(len(slow), bool)
-    accepted[wedge] = _wedge_accepts(layer[slow][wedge], x[slow][wedge], y01[wedge])
-    unused: list[int] = []  # draws consumed without giving a value
-    at = have = 0
-    for k, s in enumerate(slow.tolist()):
-        if s < at:
-            continue  # this draw was an earlier attempt's uniform_01
-        if have + s - at >= wanted:
-            break
-        have += s - at
-        at = s
-        if wedge[k]:
-            unused.append(s + 1)
-            if accepted[k]:
-                have += 1
-            else:
-                unused.append(s)
-            at = s + 2
-            continue
-        reader = _Reader(draws, s)
+    two = (layer[slow] != 0) & (y01 < f32(1))
+    run_start = np.ones(len(slow), bool)
+    run_start[1:] = slow[1:] != slow[:-1] + 1
+    run_first = np.flatnonzero(run_start)
+    run_of = np.cumsum(run_start) - 1
+    attempt = (np.arange(len(slow)) - run_first[run_of]) % 2 == 0
+    dropped = np.zeros(len(draws), bool)  # draws used without giving a value
+    ends: dict[int, int] = {}  # where each draw-by-draw attempt's draws end
+    end = starts
+    for k in np.flatnonzero(~two).tolist():
+        if not attempt[k]:
+            continue  # an earlier attempt's draw
+        at = int(slow[k])
+        reader = _Reader(draws, at)
         try:
             value = _normal_attempt(reader)
         except _OutOfDraws:
-            # Start this attempt again with more draws in view.
-            return _kept(values, at, unused), at
-        unused.extend(range(s + 1, reader.index))
+            end = at  # start this attempt again with more draws in view
+            break
+        ends[at] = reader.index
+        dropped[at + 1:reader.index] = True
         if value is None:
-            unused.append(s)
+            dropped[at] = True
         else:
-            values[s] = value
-            have += 1
-        at = reader.index
-    # Quick attempts from here to the next slow one (or the end of the starts).
-    following = int(np.searchsorted(slow, at))
-    end = int(slow[following]) if following < len(slow) else starts
-    at += max(0, min(end - at, wanted - have))
-    return _kept(values, at, unused), at
+            values[at] = value
+        resume = int(np.searchsorted(slow, reader.index))
+        attempt[k + 1:resume] = False
+        if resume < len(slow) and not run_start[resume]:
+            run = run_of[resume] + 1
+            stop = int(run_first[run]) if run < len(run_first) else len(slow)
+            attempt[resume:stop] = np.arange(stop - resume) % 2 == 0
+    pairs = attempt & two & (slow < end)
+    wedges = slow[pairs]
+    dropped[wedges + 1] = True
+    dropped[wedges[~accepted_wedges(layer, x, y01, slow, pairs)]] = True
+    two_at = np.zeros(len(draws), bool)
+    two_at[wedges] = True
+    made = np.cumsum(~dropped[:end])
+    if end and made[-1] >= wanted:
+        last = int(np.searchsorted(made, wanted))
+        used = ends.get(last, last + 1 + int(two_at[last]))
+    else:
+        # Every attempt starting before `end` is in: the last may reach past it.
+        used = max(end + int(end > 0 and two_at[end - 1]), max(ends.values(), default=0))
+    return values[:used][~dropped[:used]], used
 
 
-def _kept(values: np.ndarray, used: int, unused: list[int]) -> np.ndarray:
-    keep = np.ones(used, bool)
-    keep[unused] = False
-    return values[:used][keep]
+def accepted_wedges(layer: np.ndarray, x: np.ndarray, y01: np.ndarray, slow: np.ndarray,
+                    pairs: np.ndarray) -> np.ndarray:
+    """The wedge test of the two-draw attempts at slow[pairs]."""
+    at = slow[pairs]
+    return _wedge_accepts(layer[at], x[at], y01[pairs])
 
 
 def _normal_tail(source: Source) -> np.float32:

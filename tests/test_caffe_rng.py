@@ -104,6 +104,17 @@ def test_normal_takes_the_draws_of_boosts_loop(seed: int) -> None:
     assert pieces.consumed == consumed
 
 
+def test_normal_after_a_tail_that_ends_inside_a_run_of_slow_draws() -> None:
+    # With seed 126, within the first 20,000 values, a tail attempt's draws
+    # end where the next two draws would both fail the quick test: the walk
+    # starts an attempt at the second (the first was the tail's), against
+    # the alternation counted from the run's first draw.
+    expected, consumed = _draw_by_draw(126, 20_000)
+    stream = cursor(126)
+    np.testing.assert_array_equal(boost.normal(stream, 20_000, 0.0, 1.0), expected)
+    assert stream.consumed == consumed
+
+
 def test_normal_with_tiny_windows_still_takes_boosts_draws(monkeypatch) -> None:
     # Windows of 1 draw with room for 1 more: a tail at a window's start runs
     # past the draws in view and is drawn from the stream itself.

@@ -566,6 +566,20 @@ def test_memorydata_input_checks(data_shape: tuple, labels_shape: tuple, message
         layer.set_input_arrays(np.zeros(data_shape, np.float32), np.zeros(labels_shape))
 
 
+def test_memorydata_with_a_random_transform_takes_its_transformers_seed(tmp_path: Path) -> None:
+    # BaseDataLayer seeds MemoryData's DataTransformer (mirror) with one
+    # caffe_rng_rand() draw: the Data layer after it seeds from draw 2, not 1.
+    text = ('layer { name: "mem" type: "MemoryData" top: "m" top: "ml" '
+            'transform_param { mirror: true } memory_data_param { batch_size: 2 channels: 1 '
+            'height: 2 width: 3 } }\n'
+            + _data_layer("a", _ramp_db(tmp_path / "db", 8), "mirror: true"))
+    set_random_seed(1701)
+    net = _net(text, TEST)
+    net.layers[0].set_input_arrays(np.zeros((2, 1, 2, 3), np.float32), np.zeros(2))
+    draws = _caffe_draws(1701, 3)
+    assert _mirrored(_batches(net, 1, ("a",))[0]["a"]) == _mirror_coins(draws[2], 8)
+
+
 # -- DummyData / WindowData --------------------------------------------
 def test_dummydata_fills_constants_once_and_refills_others() -> None:
     net = _net('''layer { name: "d" type: "DummyData" top: "c" top: "g"

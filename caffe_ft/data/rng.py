@@ -31,3 +31,12 @@ def prefetching_layer_seeds(transformer_needs_rng: bool, layer_draws: int) -> Pr
         values = [int(v) for v in stream.take(wanted + 1)]
     own = values[int(transformer_needs_rng):][:layer_draws]
     return PrefetchSeeds(values[wanted - 1] if transformer_needs_rng else 0, own)
+
+
+def base_data_layer_seed(transformer_needs_rng: bool) -> None:
+    """The draw BaseDataLayer::LayerSetUp's DataTransformer::InitRand takes
+    for a non-prefetching data layer (MemoryData), whose arrays are never
+    transformed: taking it keeps the layers set up after it Caffe's."""
+    if transformer_needs_rng:
+        with caffe_rng() as stream:
+            stream.take(1)

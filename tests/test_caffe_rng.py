@@ -251,3 +251,18 @@ def test_a_seeded_solver_fills_the_weights_caffes_train_started_from(case: str,
         for mine, theirs in zip(solver.net.params_of(name), blobs, strict=True):
             np.testing.assert_array_equal(mine.detach().numpy().ravel(),
                                           np.asarray(theirs, np.float32).ravel(), err_msg=name)
+
+
+def test_a_generator_state_read_wrongly_is_refused(monkeypatch) -> None:
+    from caffe_ft.errors import CaffeError
+    from caffe_ft.rng import global_rng
+    before = torch.get_rng_state()
+    monkeypatch.setattr(global_rng, "_LEFT", slice(12, 16))  # the `seeded` field instead
+    global_rng._check_layout.cache_clear()
+    try:
+        with pytest.raises(CaffeError, match="layout Caffe's random draws cannot be read"):
+            with caffe_rng():
+                pass
+    finally:
+        global_rng._check_layout.cache_clear()
+    assert torch.equal(torch.get_rng_state(), before)

@@ -68,6 +68,8 @@ class RawCursor:
         return int(self.take(1)[0])
 
     def engine_after(self) -> np.random.MT19937:
+        if self._next == len(self._ahead):
+            return self._engine  # nothing was read ahead
         # MT19937 cannot step back over the draws read ahead: replay from the start.
         engine = np.random.MT19937(0)
         engine.state = self._start

@@ -120,10 +120,12 @@ def train_two_ranks(tmp_path: Path, scenario: str) -> tuple[dict[int, int], list
     """Each rank's final iteration, and the snapshots written."""
     solver = stage(tmp_path, 16)
     solver.write_text(solver.read_text().replace("test_interval: 1000000", "test_interval: 2"))
-    ends = mp.Manager().dict()
-    mp.spawn(_train_rank, args=(str(solver), str(tmp_path / "rendezvous"), scenario, ends),
-             nprocs=2)
-    return dict(ends), sorted(p.name for p in solver.parent.glob("*.caffemodel"))
+    with mp.Manager() as manager:
+        ends = manager.dict()
+        mp.spawn(_train_rank, args=(str(solver), str(tmp_path / "rendezvous"), scenario, ends),
+                 nprocs=2)
+        finished = dict(ends)
+    return finished, sorted(p.name for p in solver.parent.glob("*.caffemodel"))
 
 
 def test_rank_0s_requests_reach_every_rank_with_the_all_reduce(tmp_path: Path) -> None:

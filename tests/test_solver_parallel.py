@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -104,11 +105,13 @@ def _nan_on_rank_1_at_3(solver: Solver) -> None:
 
 
 def _train_rank(rank: int, solver_path: str, rendezvous: str, scenario: str,
-                ends: dict[int, int]) -> None:
+                ends: dict[int, int], world_size: int, device: str) -> None:
     os.environ[WORKERS_ENV] = "0"
-    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", world_size=2, rank=rank)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo",
+                            init_method=f"file://{rendezvous}", world_size=world_size, rank=rank)
     try:
-        solver = Solver(read_solver_text(solver_path), solver_path, rank=rank)
+        solver = Solver(read_solver_text(solver_path), solver_path, torch.device(device),
+                        rank=rank)
         {"signals": _signals_on_rank_0, "nan": _nan_on_rank_1_at_3}[scenario](solver)
         DataParallel(solver).train()
         ends[rank] = solver.iter
@@ -116,14 +119,15 @@ def _train_rank(rank: int, solver_path: str, rendezvous: str, scenario: str,
         leave_process_group()
 
 
-def train_two_ranks(tmp_path: Path, scenario: str) -> tuple[dict[int, int], list[str]]:
+def train_two_ranks(tmp_path: Path, scenario: str, world_size: int = 2,
+                    device: str = "cpu") -> tuple[dict[int, int], list[str]]:
     """Each rank's final iteration, and the snapshots written."""
     solver = stage(tmp_path, 16)
     solver.write_text(solver.read_text().replace("test_interval: 1000000", "test_interval: 2"))
     with mp.Manager() as manager:
         ends = manager.dict()
-        mp.spawn(_train_rank, args=(str(solver), str(tmp_path / "rendezvous"), scenario, ends),
-                 nprocs=2)
+        mp.spawn(_train_rank, args=(str(solver), str(tmp_path / "rendezvous"), scenario, ends,
+                                    world_size, device), nprocs=world_size)
         finished = dict(ends)
     return finished, sorted(p.name for p in solver.parent.glob("*.caffemodel"))
 
@@ -141,3 +145,12 @@ def test_stop_on_nan_on_one_rank_stops_every_rank_before_the_update(tmp_path: Pa
     ends, snapshots = train_two_ranks(tmp_path, "nan")
     assert ends == {0: 3, 1: 3}
     assert snapshots == ["snap_iter_3.caffemodel"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_requests_ride_an_nccl_all_reduce_on_the_gpu(tmp_path: Path) -> None:
+    # One rank over NCCL: the request's copy to pinned memory behind an event.
+    ends, snapshots = train_two_ranks(tmp_path, "signals", world_size=1, device="cuda")
+    assert ends == {0: 4}
+    assert snapshots == ["snap_iter_2.caffemodel", "snap_iter_4.caffemodel"]

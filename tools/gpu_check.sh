@@ -90,7 +90,7 @@ else
     step bench_memory 75 python3 bench/bench_memory.py --nets resnet50 --batch 1
     step bench_gpu 240 python3 bench/bench_gpu.py --smoke
 fi
-step cuda_tests 60 python3 -m pytest -q -p no:cacheprovider -m cuda tests
+step cuda_tests 90 python3 -m pytest -q -p no:cacheprovider -m cuda tests
 step golden 90 env CAFFE_FT_TEST_DEVICE="$device" python3 -m pytest -q -p no:cacheprovider \
     tests/test_golden_layers.py tests/test_solver_golden.py -k "not chaotic"
 

@@ -37,6 +37,13 @@ def load_mean_file(path: str | os.PathLike[str]) -> np.ndarray:
     return np.ascontiguousarray(mean, dtype=np.float32)
 
 
+def rand_calls_per_item(mirror: bool, crop_size: int, phase: int) -> int:
+    """DataTransformer's Rand() calls per image: the mirror coin, then two
+    crop offsets in TRAIN. Caffe's InitRand seeds a generator only when
+    there is at least one (`mirror || (TRAIN && crop_size)`)."""
+    return int(mirror) + (2 if crop_size and phase == TRAIN else 0)
+
+
 class DataTransformer:
     """Transforms C×H×W pixels (uint8, or float32 from float_data) into a
     float32 C×crop×crop (or C×H×W) output, drawing from a CaffeRNG."""
@@ -65,8 +72,7 @@ class DataTransformer:
 
     @property
     def draws_per_item(self) -> int:
-        """Rand() calls per image: the mirror coin, then two crop offsets in TRAIN."""
-        return int(self.mirror) + (2 if self.crop_size and self.phase == TRAIN else 0)
+        return rand_calls_per_item(self.mirror, self.crop_size, self.phase)
 
     @property
     def needs_rng(self) -> bool:

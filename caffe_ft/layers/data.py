@@ -25,7 +25,7 @@ from caffe_ft.data.image_list import parse_list_file
 from caffe_ft.data.prefetch import Prefetcher, default_workers, train_shard
 from caffe_ft.data.rng import base_data_layer_seed, prefetching_layer_seeds
 from caffe_ft.data.sources import BatchSource, DatumSource, ImageListSource, Shard
-from caffe_ft.data.transformer import DataTransformer, load_mean_file
+from caffe_ft.data.transformer import DataTransformer, load_mean_file, rand_calls_per_item
 from caffe_ft.data.windows import WindowFile, WindowSource, read_window_file
 from caffe_ft.errors import CaffeError
 from caffe_ft.fillers import FILLERS as KNOWN_FILLERS
@@ -254,7 +254,8 @@ class MemoryData(_SourceLayer):
                              "positive in memory_data_param")
         self.top_shapes = [(self.batch_size, *self.item_shape), (self.batch_size,)]
         transform = self.param.transform_param
-        base_data_layer_seed(transform.mirror or (self.phase == TRAIN and transform.crop_size > 0))
+        base_data_layer_seed(rand_calls_per_item(transform.mirror, transform.crop_size,
+                                                 self.phase) > 0)
         self.data: torch.Tensor | None = None
         self.labels = torch.empty(0)
         self.pos = 0

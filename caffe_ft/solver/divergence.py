@@ -34,11 +34,11 @@ class DivergenceWatch:
         diverged = self.first_iteration is not None or self._first_bad(iterations, losses)
         if not self.stop:
             return False
-        if self.agree(diverged) and not diverged:
+        stopping = self.agree(diverged)
+        if stopping and not diverged:
             logger.warning("Iteration %d: the loss of another rank is not finite; stopping "
                            "(-stop_on_nan)", iterations[-1])
-            return True
-        return diverged
+        return stopping
 
     def _first_bad(self, iterations: Sequence[int], losses: np.ndarray) -> bool:
         bad = np.flatnonzero(~np.isfinite(losses))

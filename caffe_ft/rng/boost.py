@@ -10,7 +10,6 @@ and walks through them consuming what boost would.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 
@@ -107,9 +106,7 @@ def _wedge_accepts(layer: np.ndarray, x: np.ndarray, y01: np.ndarray) -> np.ndar
     convex = table.x[layer] >= 1
     upper = np.where(convex, chord, tangent)
     lower = np.where(convex, tangent, chord)
-    half_square = x * x / f32(2)
-    density = np.exp(-half_square.astype(np.float64)).astype(np.float32)  # expf
-    return (upper < 0) & ((lower < 0) | (y < density))
+    return (upper < 0) & ((lower < 0) | (y < _expf(-(x * x / f32(2)))))
 
 
 def _normal_attempt(source: Source) -> np.float32 | None:
@@ -218,7 +215,7 @@ def _normal_window(draws: np.ndarray, wanted: int) -> tuple[np.ndarray, int]:
     pairs = attempt & two & (slow < end)
     wedges = slow[pairs]
     dropped[wedges + 1] = True
-    dropped[wedges[~accepted_wedges(layer, x, y01, slow, pairs)]] = True
+    dropped[wedges[~_wedge_accepts(layer[wedges], x[wedges], y01[pairs])]] = True
     two_at = np.zeros(len(draws), bool)
     two_at[wedges] = True
     made = np.cumsum(~dropped[:end])
@@ -229,13 +226,6 @@ def _normal_window(draws: np.ndarray, wanted: int) -> tuple[np.ndarray, int]:
         # Every attempt starting before `end` is in: the last may reach past it.
         used = max(end + int(end > 0 and two_at[end - 1]), max(ends.values(), default=0))
     return values[:used][~dropped[:used]], used
-
-
-def accepted_wedges(layer: np.ndarray, x: np.ndarray, y01: np.ndarray, slow: np.ndarray,
-                    pairs: np.ndarray) -> np.ndarray:
-    """The wedge test of the two-draw attempts at slow[pairs]."""
-    at = slow[pairs]
-    return _wedge_accepts(layer[at], x[at], y01[pairs])
 
 
 def _normal_tail(source: Source) -> np.float32:
@@ -272,7 +262,7 @@ def exponential(source: Source) -> np.float32:
             return x + shift
 
 
-def _expf(value: np.float32) -> np.float32:
-    """std::exp on a float: exp rounded to float (glibc's expf is within
+def _expf(value: np.float32 | np.ndarray) -> np.float32 | np.ndarray:
+    """std::exp on floats: exp rounded to float (glibc's expf is within
     half an ulp but for ties this never meets)."""
-    return f32(math.exp(float(value)))
+    return np.exp(np.asarray(value, np.float64)).astype(np.float32)[()]

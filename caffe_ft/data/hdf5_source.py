@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from caffe_ft.data.sources import Shard
-from caffe_ft.rng.c_rand import GlibcRand
 from caffe_ft.errors import CaffeError
+from caffe_ft.rng.c_rand import GlibcRand
 
 
 def read_file_list(source: str) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from caffe_ft.rng.global_rng import caffe_rng
 
 

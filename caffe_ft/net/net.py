@@ -9,10 +9,9 @@ tools use. Two backward modes:
 - whole-graph (`caffe_ft train`'s solver): one autograd pass from the
   losses into the params; blob diffs are not kept;
 - layer by layer (`keep_blob_diffs`, pycaffe's, its Solver's included, and
-  `time`'s): forward cuts
-  the graph at every layer, and backward runs the layers in reverse one at a
-  time, as Caffe does, so every blob keeps its diff, a layer range can run
-  alone and each layer's backward can be timed.
+  `time`'s): forward cuts the graph at every layer, and backward runs the
+  layers in reverse one at a time, as Caffe does, so every blob keeps its
+  diff, a layer range can run alone and each layer's backward can be timed.
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +69,15 @@ def log_messages() -> Iterator[list[str]]:
     """The messages caffe_ft logs during the test."""
     with captured_log() as messages:
         yield messages
+
+
+def read_until(proc: subprocess.Popen[str], text: str) -> list[str]:
+    """The lines of a child's stderr up to the first that holds `text` (all
+    of them if it ends first)."""
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if text in line:
+            break
+    return seen

@@ -31,7 +31,7 @@ from caffe_ft.data.lmdb_io import LMDBReader, LMDBWriter
 from caffe_ft.data.progress import Progress
 from caffe_ft.errors import CaffeError
 from caffe_ft.proto import caffe_pb2
-from conftest import golden_db
+from conftest import golden_db, read_until
 
 DATA = Path(__file__).parent / "fixtures" / "data"
 IMAGES = DATA / "images"
@@ -175,12 +175,7 @@ def test_signal_to_the_tool_mid_build_leaves_nothing(tmp_path: Path, signum: int
         [sys.executable, str(REPO / "tools" / "convert_imageset"), "-workers=2", f"{IMAGES}/",
          str(listing), str(out / "db")], stderr=subprocess.PIPE, text=True,
         start_new_session=True)
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:  # wait until Datums are being written
-        seen.append(line)
-        if "Processed 1000 files." in line:
-            break
+    seen = read_until(proc, "Processed 1000 files.")  # Datums are being written
     assert proc.poll() is None, "".join(seen)
     proc.send_signal(signum)
     try:

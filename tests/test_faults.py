@@ -18,7 +18,7 @@ from caffe_ft.data.lmdb_io import LMDBWriter
 from caffe_ft.data.partial_db import make_partial, remove_stale_partials
 from caffe_ft.proto import caffe_pb2
 from caffe_ft.protofile import write_binary
-from conftest import FIXTURES
+from conftest import FIXTURES, read_until
 from solver_helpers import TINY_NET
 
 REPO = Path(__file__).parent.parent
@@ -147,12 +147,7 @@ def test_a_killed_build_leaves_no_workers_and_the_next_build_removes_its_folder(
         [sys.executable, "-m", "caffe_ft", "convert_imageset", "-workers=2", f"{IMAGES}/",
          str(listing), str(out / "db")], stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:  # wait until Datums are being written
-        seen.append(line)
-        if "Processed 1000 files." in line:
-            break
+    seen = read_until(proc, "Processed 1000 files.")  # Datums are being written
     workers = _children(proc.pid)
     assert proc.poll() is None and len(workers) == 2, "".join(seen)
     proc.kill()  # as the OOM killer does: the main process only, no chance to clean up

@@ -32,7 +32,7 @@ def test_solve_logs_the_mode_and_bf16_trains_on_cpu() -> None:
     with captured_log() as messages:
         solver.solve()
     assert "Precision: bf16 (autocast)" in messages
-    assert np.isfinite(solver._smoothed.value)
+    assert np.isfinite(solver.display_loss.value)
     # The weights and history stay float32: snapshots are float32 caffemodels.
     assert all(p.blob.dtype == torch.float32 for p in solver.params)
 

@@ -133,4 +133,44 @@ def test_smoothed_loss_matches_caffes_float32_sums() -> None:
         else:
             value += (loss - window[i % 3]) / np.float32(3)
             window[i % 3] = loss
-    assert solver._smoothed.value == value
+    assert solver.display_loss.value == value
+
+
+def test_a_loop_of_single_steps_never_waits_for_the_device(host_reads: list[str]) -> None:
+    """pycaffe's `for _ in range(n): solver.step(1)`: a step() call that ends
+    between displays leaves its loss on the device."""
+    solver = make_solver('type: "SGD" display: 0', net=CONV_NET)
+    solver.step(1)  # first calls: lazy setup may read sizes
+    host_reads.clear()
+    for _ in range(5):
+        solver.step(1)
+    assert host_reads == []
+
+
+def test_pending_losses_fold_into_the_step_call_that_made_them() -> None:
+    """Caffe's Step starts its smoothed loss afresh: losses left pending by
+    one step() call are not averaged into the next call's."""
+    solver = make_solver("display: 0 average_loss: 4", net=CONV_NET)
+    losses: list[np.float32] = []
+    original = solver._forward_backward
+
+    def recording() -> torch.Tensor:
+        loss = original()
+        losses.append(np.float32(loss.item()))
+        return loss
+    solver._forward_backward = recording  # type: ignore[method-assign]
+    solver.step(3)
+    solver.step(2)
+    assert solver.display_loss.value == (losses[3] + losses[4]) / np.float32(2)
+
+
+def test_a_non_finite_loss_left_pending_is_still_reported(caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    solver = make_solver("display: 0", net=CONV_NET)
+    solver.step(1)
+    solver.net.set_blob_data("data", torch.full((8, 5), float("nan")))
+    solver.step(1)
+    assert not any("not finite" in r.getMessage() for r in caplog.records)
+    assert np.isnan(solver.display_loss.value)  # the read reports it
+    assert any("Iteration 1, loss = nan: the loss is not finite" in r.getMessage()
+               for r in caplog.records)

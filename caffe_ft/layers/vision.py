@@ -229,6 +229,8 @@ class _ConvolutionBase(Layer):
         weight = self.blob(0)
         bias = self.blob(1) if self.param.convolution_param.bias_term else None
         axis = self.channel_axis
+        if axis == 1:  # the usual N×C×... blob: no reshape, so no view op or autograd node
+            return [self.compute(x, weight, bias) for x in bottoms]
         tops = []
         for x in bottoms:
             # Axes before the channel axis are all batch (Caffe's num_).

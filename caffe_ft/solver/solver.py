@@ -23,6 +23,7 @@ from caffe_ft.glog import logger
 from caffe_ft.net import Net
 from caffe_ft.net.weights import copy_trained_layers_from, save_caffemodel
 from caffe_ft.proto import caffe_pb2
+from caffe_ft.solver.display_loss import DisplayLoss
 from caffe_ft.solver.divergence import DivergenceWatch
 from caffe_ft.solver.lr_policy import check_policy, learning_rate
 from caffe_ft.parity import using_flags
@@ -46,30 +47,6 @@ f32 = np.float32
 HDF5 = caffe_pb2.SolverParameter.HDF5
 
 
-class SmoothedLoss:
-    """The display loss: mean of the last `average_loss` iteration losses,
-    kept as Caffe's UpdateSmoothedLoss keeps it (running mean while the
-    window fills, then a ring buffer with incremental updates)."""
-
-    def __init__(self, average_loss: int) -> None:
-        self.average_loss = average_loss
-        self.losses: list[np.float32] = []
-        self.value = f32(0)
-
-    def update(self, loss: np.float32, index: int) -> None:
-        if len(self.losses) < self.average_loss:
-            self.losses.append(loss)
-            size = len(self.losses)
-            self.value = (self.value * f32(size - 1) + loss) / f32(size)
-        else:
-            slot = index % self.average_loss
-            self.value += (loss - self.losses[slot]) / f32(self.average_loss)
-            self.losses[slot] = loss
-
-
-# Without display, pending losses are still read now and then so the list
-# stays small; one wait per this many iterations costs nothing measurable.
-_MAX_PENDING_LOSSES = 256
 _PROGRESS_SECONDS = 0.2
 
 
@@ -132,10 +109,7 @@ class Solver:
         self._local_decay = [float(f32(param.weight_decay) * f32(p.decay_mult))
                              for p in self.params]
         self._skippable = self._frozen_params()
-        self._smoothed = SmoothedLoss(param.average_loss)
-        # Iteration losses still on the device: (index in this step() call,
-        # loss). They are read in one transfer when the smoothed loss is shown.
-        self._pending_losses: list[tuple[int, torch.Tensor]] = []
+        self.display_loss = DisplayLoss(param.average_loss, self.divergence)
         self._progress_due = 0.0
         self._iterations_last = 0
         # Called at the start of each iteration, after its test and before its
@@ -246,8 +220,8 @@ class Solver:
         if param.display and self.iter % param.display == 0:
             with torch.no_grad(), using_flags(self.precision.flags()), self.precision.autocast():
                 loss = f32(self.net.forward().item())
-            self._smoothed.update(loss, self.iter - start_iter)
-            logger.info("Iteration %d, loss = %g", self.iter, self._smoothed.value)
+            self.display_loss.update(loss, self.iter - start_iter)
+            logger.info("Iteration %d, loss = %g", self.iter, self.display_loss.value)
         if param.test_interval and self.iter % param.test_interval == 0:
             self.test_all()
         logger.info("Optimization Done.")
@@ -260,8 +234,7 @@ class Solver:
         param = self.param
         start_iter = self.iter
         stop_iter = self.iter + iters
-        self._smoothed = SmoothedLoss(param.average_loss)
-        self._step_start = start_iter
+        self.display_loss.start_step()
         timer = time.perf_counter()
         self._iterations_last = self.iter
         while self.iter < stop_iter:
@@ -280,11 +253,11 @@ class Solver:
                 loss = loss + self._forward_backward()
             if param.iter_size != 1:
                 loss = loss / f32(param.iter_size)
-            self._pending_losses.append((self.iter - start_iter, loss))
+            self.display_loss.add(self.iter - start_iter, self.iter, loss)
             # -stop_on_nan reads every loss, to stop before a non-finite one updates.
-            if display or self.divergence.stop or \
-                    len(self._pending_losses) >= _MAX_PENDING_LOSSES:
-                self._read_pending_losses()
+            if (display or self.divergence.stop or self.display_loss.due) and \
+                    self.display_loss.read():
+                self.requested_early_exit = True
             if self.requested_early_exit:
                 break  # -stop_on_nan: this iteration's loss is not finite
             if display:
@@ -292,7 +265,7 @@ class Solver:
                 lapse = f32(int((time.perf_counter() - timer) * 1000) / 1000)
                 per_s = f32(self.iter - self._iterations_last) / (lapse if lapse else f32(1))
                 logger.info("Iteration %d (%g iter/s, %gs/%d iters), loss = %g", self.iter,
-                            per_s, lapse, param.display, self._smoothed.value)
+                            per_s, lapse, param.display, self.display_loss.value)
                 timer = time.perf_counter()
                 self._iterations_last = self.iter
                 self._log_outputs(self.net, "Train")
@@ -307,7 +280,6 @@ class Solver:
                 self.requested_early_exit = True
                 break
             self._show_progress()
-        self._read_pending_losses()
 
     def _forward_backward(self) -> torch.Tensor:
         with self.precision.autocast():
@@ -326,19 +298,6 @@ class Solver:
             raise CaffeError("-compile needs torch.compile (torch 2.0 or later)")
         return torch.compile(self.net.forward, dynamic=False)
 
-    def _read_pending_losses(self) -> None:
-        """Bring the pending iteration losses to the host in one transfer and
-        fold them into the smoothed loss, in iteration order."""
-        if not self._pending_losses:
-            return
-        values = torch.stack([loss for _, loss in self._pending_losses]).cpu().numpy()
-        iterations = [self._step_start + index for index, _ in self._pending_losses]
-        if self.divergence.check(iterations, values):
-            self.requested_early_exit = True
-        for (index, _), value in zip(self._pending_losses, values):
-            self._smoothed.update(f32(value), index)
-        self._pending_losses.clear()
-
     def _show_progress(self) -> None:
         """Redraw the terminal's progress line, reading the losses (a wait for
         the device) only as often as the line redraws."""
@@ -348,8 +307,7 @@ class Solver:
         if now < self._progress_due and self.iter < self.progress.max_iter:
             return
         self._progress_due = now + _PROGRESS_SECONDS
-        self._read_pending_losses()
-        self.progress.update(self.iter, float(self._smoothed.value))
+        self.progress.update(self.iter, float(self.display_loss.value))
 
     def _log_outputs(self, net: Net, kind: str) -> None:
         for index, (name, value) in enumerate(output_values(net)):

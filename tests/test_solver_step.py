@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from caffe_ft.solver.update_rules import RULES, Hyper
-from solver_helpers import make_solver, weights
+from solver_helpers import captured_log, make_solver, weights
 
 # A LeNet-sized net: convolution, pooling, two InnerProducts, a frozen
 # layer (lr_mult 0), Accuracy and SoftmaxWithLoss in the TRAIN phase.
@@ -137,9 +137,10 @@ def test_smoothed_loss_matches_caffes_float32_sums() -> None:
 
 
 def test_a_loop_of_single_steps_never_waits_for_the_device(host_reads: list[str]) -> None:
-    """pycaffe's `for _ in range(n): solver.step(1)`: a step() call that ends
-    between displays leaves its loss on the device."""
+    """pycaffe's `for _ in range(n): solver.step(1)` on a GPU: a step() call
+    that ends between displays leaves its loss on the device."""
     solver = make_solver('type: "SGD" display: 0', net=CONV_NET)
+    solver.display_loss.lazy = True  # as on a GPU
     solver.step(1)  # first calls: lazy setup may read sizes
     host_reads.clear()
     for _ in range(5):
@@ -147,10 +148,12 @@ def test_a_loop_of_single_steps_never_waits_for_the_device(host_reads: list[str]
     assert host_reads == []
 
 
-def test_pending_losses_fold_into_the_step_call_that_made_them() -> None:
+@pytest.mark.parametrize("lazy", [False, True])
+def test_pending_losses_fold_into_the_step_call_that_made_them(lazy: bool) -> None:
     """Caffe's Step starts its smoothed loss afresh: losses left pending by
     one step() call are not averaged into the next call's."""
     solver = make_solver("display: 0 average_loss: 4", net=CONV_NET)
+    solver.display_loss.lazy = lazy
     losses: list[np.float32] = []
     original = solver._forward_backward
 
@@ -164,13 +167,13 @@ def test_pending_losses_fold_into_the_step_call_that_made_them() -> None:
     assert solver.display_loss.value == (losses[3] + losses[4]) / np.float32(2)
 
 
-def test_a_non_finite_loss_left_pending_is_still_reported(caplog: pytest.LogCaptureFixture
-                                                          ) -> None:
+def test_a_non_finite_loss_left_pending_is_reported_at_the_next_read() -> None:
     solver = make_solver("display: 0", net=CONV_NET)
+    solver.display_loss.lazy = True
     solver.step(1)
     solver.net.set_blob_data("data", torch.full((8, 5), float("nan")))
-    solver.step(1)
-    assert not any("not finite" in r.getMessage() for r in caplog.records)
-    assert np.isnan(solver.display_loss.value)  # the read reports it
-    assert any("Iteration 1, loss = nan: the loss is not finite" in r.getMessage()
-               for r in caplog.records)
+    with captured_log() as messages:
+        solver.step(1)
+        assert not any("not finite" in m for m in messages)
+        assert np.isnan(solver.display_loss.value)  # the read reports it
+    assert any(m.startswith("Iteration 1, loss = nan: the loss is not finite") for m in messages)

@@ -25,7 +25,7 @@ from torch import nn
 
 from caffe_ft.blobs import shape_string
 from caffe_ft.errors import CaffeError
-from caffe_ft.layers.base import Shape
+from caffe_ft.layers.base import Layer, Shape
 from caffe_ft.layers.families import check_supported
 from caffe_ft.glog import logger
 from caffe_ft.net.filter import filter_net
@@ -69,6 +69,10 @@ class Net(nn.Module):
 
         wiring = Wiring(planned, self.phase, self.force_backward, source)
         self.layers = nn.ModuleList(wiring.layers)
+        # The same layers in a plain list: a pass indexes it ~200 times, and
+        # ModuleList indexing costs more than a layer's own Python (a GPU step
+        # at small batch waits on exactly this host time).
+        self._layer_list: list[Layer] = list(wiring.layers)
         self.bottom_names = wiring.bottom_names
         self.top_names = wiring.top_names
         self.bottom_detach = wiring.bottom_detach
@@ -277,35 +281,40 @@ class Net(nn.Module):
         layer_hook) runs around each layer."""
         self.mirrors.push()
         hook = self.layer_hook if hook is None else hook
-        end = len(self.layers) - 1 if end is None else end
+        layers, top_names, loss_weight = self._layer_list, self.top_names, self.loss_weight
+        end = len(layers) - 1 if end is None else end
         values = self._values
         if feed:
             values.update(feed)
-        loss = torch.zeros((), device=self.device)
+        loss: torch.Tensor | None = None
         # A chain runs as one step only where nothing looks inside it.
         fuse = not (feed or self.keep_blob_diffs or hook is not _no_hook)
         for i, last in self.fusion.steps(start, end, fuse):
-            if feed and all(name in feed for name in self.top_names[i]):
+            if feed and all(name in feed for name in top_names[i]):
                 continue
             bottoms = self._bottoms_of(i)
             with hook(i, "forward"):
-                tops = (self.layers[i](*bottoms) if last == i else
-                        self.layers[i].forward_chain(bottoms[0], self.layers[i + 1:last + 1]))
+                tops = (layers[i](*bottoms) if last == i else
+                        layers[i].forward_chain(bottoms[0], layers[i + 1:last + 1]))
             tops = [self._top_of(last, top) for top in tops]
             if self.keep_blob_diffs:
                 self._layer_io[i] = (bottoms, tops)
-            for name, top in zip(self.top_names[last], tops):
+            for name, top in zip(top_names[last], tops):
                 values[name] = top
-                weight = self.loss_weight.get(name)
+                weight = loss_weight.get(name)
                 if weight:
-                    loss = loss + weight * top.sum()
+                    term = weight * top.sum()  # float32 even from an autocast top
+                    loss = term.float() if loss is None else loss + term
         self.mirrors.pull()
-        return loss
+        return torch.zeros((), device=self.device) if loss is None else loss
 
     def _bottoms_of(self, index: int) -> list[torch.Tensor]:
         bottoms = []
+        values = self._values
         for name, detach in zip(self.bottom_names[index], self.bottom_detach[index]):
-            value = self.blob_data(name)
+            value = values.get(name)
+            if value is None:
+                value = self.blob_data(name)
             if self.keep_blob_diffs:
                 # The layer's own leaf, so its backward can run by itself; the
                 # plan (not the value's history: a replay may read a blob no

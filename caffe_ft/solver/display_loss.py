@@ -4,10 +4,12 @@ fed from iteration losses that stay on the device until someone looks.
 Reading a loss makes the host wait for the device, so the losses of
 iterations that display nothing are kept as tensors and read in one
 transfer when the smoothed value is shown, asked for, or when too many are
-waiting. A step() call that ends between displays leaves its losses
-pending: a pycaffe loop of `solver.step(1)` then never waits for the device
-on its own. Each pending loss still folds into the smoothed loss of the
-step() call that made it, so the values are Caffe's.
+waiting. On a GPU, a step() call that ends between displays leaves its
+losses pending: a pycaffe loop of `solver.step(1)` then never waits for the
+device on its own, and a non-finite loss is reported at the next read. On
+the CPU a read waits for nothing, so each call's losses are read as it ends.
+Each pending loss folds into the smoothed loss of the step() call that made
+it, so the values are Caffe's.
 """
 from __future__ import annotations
 
@@ -56,11 +58,14 @@ class _Pending:
 
 class DisplayLoss:
     """The smoothed loss of the current step() call and the losses still on
-    the device. `divergence` looks at every loss as it is read."""
+    the device. `divergence` looks at every loss as it is read; `lazy`: a
+    step() call's last losses may stay pending after it (a device that
+    makes the host wait for a read)."""
 
-    def __init__(self, average_loss: int, divergence: DivergenceWatch) -> None:
+    def __init__(self, average_loss: int, divergence: DivergenceWatch, lazy: bool) -> None:
         self.average_loss = average_loss
         self.divergence = divergence
+        self.lazy = lazy
         self._smoothed = SmoothedLoss(average_loss)
         self._pending: list[_Pending] = []
 
@@ -68,6 +73,10 @@ class DisplayLoss:
         """Caffe's Step starts its smoothed loss afresh; losses still pending
         from the last call fold into that call's, when they are read."""
         self._smoothed = SmoothedLoss(self.average_loss)
+
+    def end_step(self) -> None:
+        if not self.lazy:
+            self.read()  # with -stop_on_nan nothing is pending here: no stop to report
 
     def add(self, index: int, iteration: int, loss: torch.Tensor) -> None:
         self._pending.append(_Pending(self._smoothed, index, iteration, loss))

@@ -109,7 +109,8 @@ class Solver:
         self._local_decay = [float(f32(param.weight_decay) * f32(p.decay_mult))
                              for p in self.params]
         self._skippable = self._frozen_params()
-        self.display_loss = DisplayLoss(param.average_loss, self.divergence)
+        self.display_loss = DisplayLoss(param.average_loss, self.divergence,
+                                        lazy=self.device.type != "cpu")
         self._progress_due = 0.0
         self._iterations_last = 0
         # Called at the start of each iteration, after its test and before its
@@ -280,6 +281,7 @@ class Solver:
                 self.requested_early_exit = True
                 break
             self._show_progress()
+        self.display_loss.end_step()
 
     def _forward_backward(self) -> torch.Tensor:
         with self.precision.autocast():

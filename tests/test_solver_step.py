@@ -42,6 +42,8 @@ layer { name: "per_class" type: "Accuracy" bottom: "fc2" bottom: "label" top: "a
 # Every way a tensor's value reaches the host, or a size the host must wait for.
 HOST_READS = ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy",
               "nonzero")
+# Tensors made from host values: on a GPU, a copy that waits for the device.
+HOST_COPIES = ("tensor", "as_tensor")
 
 
 @pytest.fixture
@@ -56,6 +58,14 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
             calls.append(_name)
             return _original(self, *args, **kwargs)  # type: ignore[operator]
         monkeypatch.setattr(torch.Tensor, name, counted)
+    for name in HOST_COPIES:
+        original = getattr(torch, name)
+
+        def copied(*args: object, _name: str = name, _original: object = original,
+                   **kwargs: object) -> object:
+            calls.append(f"torch.{_name}")
+            return _original(*args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(torch, name, copied)
     yield calls
 
 
@@ -94,9 +104,23 @@ def test_frozen_params_are_skipped_and_stay_put() -> None:
                for i in range(len(before)) if i not in frozen)
 
 
-@pytest.mark.parametrize("kind", ["SGD", "Adam"])
-def test_no_host_reads_between_displays(kind: str, host_reads: list[str]) -> None:
-    solver = make_solver(f'type: "{kind}" display: 5 average_loss: 3', net=CONV_NET)
+# The losses whose normalizer is a count the host knows (BATCH_SIZE, FULL,
+# VALID without ignore_label), which must not be copied to the device.
+LOSSES_NET = CONV_NET.replace(
+    'top: "loss" }',
+    'top: "loss" loss_param { normalization: BATCH_SIZE } }\n'
+    'layer { name: "full" type: "SoftmaxWithLoss" bottom: "fc2" bottom: "label" top: "full" '
+    'loss_param { normalization: FULL } }\n'
+    'layer { name: "sig" type: "SigmoidCrossEntropyLoss" bottom: "fc1" bottom: "fc1" '
+    'top: "sig" }\n'
+    'layer { name: "ignoring" type: "SoftmaxWithLoss" bottom: "fc2" bottom: "label" '
+    'top: "ignoring" loss_param { ignore_label: 2 } }')
+
+
+@pytest.mark.parametrize("kind, net", [("SGD", CONV_NET), ("Adam", CONV_NET),
+                                       ("SGD", LOSSES_NET)])
+def test_no_host_reads_between_displays(kind: str, net: str, host_reads: list[str]) -> None:
+    solver = make_solver(f'type: "{kind}" display: 5 average_loss: 3', net=net)
     per_iteration: dict[int, int] = {}
 
     def mark(s: object) -> None:

@@ -36,6 +36,15 @@ MAX_DEFAULT_WORKERS = 8
 _POLL_S = 1.0
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`. To a GPU it goes through pinned memory with
+    a non_blocking copy: a plain copy from pageable memory makes the host
+    wait until the device has finished all the work queued before it."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def default_workers() -> int:
     """Workers per prefetching layer: $CAFFE_FT_DATA_WORKERS, else half the
     CPUs this process may use (the rest run the net and the main loop), at
@@ -196,7 +205,7 @@ class Prefetcher:
         if self.workers == 0:
             arrays = self.source.load_batch(self._next_index)
             self._next_index += 1
-            return [torch.from_numpy(array).to(device) for array in arrays]
+            return [to_device(torch.from_numpy(array), device) for array in arrays]
         if self._pool is None:
             self._pool = _Pool(self.source, self.workers,
                                max(2, math.ceil(self.depth / self.workers)), self.arena_bytes,

@@ -10,7 +10,7 @@ derivative of its forward uses a torch.autograd.Function for it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from google.protobuf.message import Message
@@ -140,6 +140,17 @@ class Layer(nn.Module):
 
     def error(self, message: str) -> CaffeError:
         return CaffeError(f"Layer '{self.name}' ({self.param.type}): {message}")
+
+    def check_values(self, ok: torch.Tensor, message: str,
+                     detail: Callable[[], str] | None = None) -> None:
+        """Check a data-dependent condition (`ok`, a bool scalar tensor) where
+        the data is, without waiting for the device: on the CPU a failure is
+        this layer's error now, with `detail()` (which may read values) when
+        given; on a GPU it fails the next sync with `message`."""
+        try:
+            torch._assert_async(ok, str(self.error(message)))
+        except RuntimeError:
+            raise self.error(detail() if detail else message) from None
 
     def canonical_axis(self, axis: int, num_axes: int) -> int:
         """Caffe's CanonicalAxisIndex: negative axes count from the end."""

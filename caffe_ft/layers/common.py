@@ -502,10 +502,10 @@ class BatchReindex(Layer):
         return [idx + x[1:]]
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:
-        if ((idx < 0) | (idx >= x.shape[0])).any():
-            raise self.error(f"Index specified for reindex layer out of range [0, "
-                             f"{x.shape[0]}) (the batch size): indices span "
-                             f"[{idx.min().item():g}, {idx.max().item():g}]")
+        rule = f"Index specified for reindex layer out of range [0, {x.shape[0]}) (the batch size)"
+        self.check_values(~((idx < 0) | (idx >= x.shape[0])).any(), rule,
+                          lambda: f"{rule}: indices span [{idx.min().item():g}, "
+                                  f"{idx.max().item():g}]")
         # static_cast<int> truncates the float indices.
         return [x.index_select(0, idx.detach().long())]
 
@@ -564,10 +564,10 @@ class Embed(Layer):
         # static_cast<int> truncates; Caffe only DCHECKs the range, an index
         # outside it would read past the weights.
         index = x.detach().long()
-        if ((index < 0) | (index >= p.input_dim)).any():
-            raise self.error(f"input values must be indices in [0, {p.input_dim}) "
-                             f"(input_dim), got values in [{x.min().item():g}, "
-                             f"{x.max().item():g}]")
+        rule = f"input values must be indices in [0, {p.input_dim}) (input_dim)"
+        self.check_values(~((index < 0) | (index >= p.input_dim)).any(), rule,
+                          lambda: f"{rule}, got values in [{x.min().item():g}, "
+                                  f"{x.max().item():g}]")
         top = F.embedding(index, self.blob(0))
         return [top + self.blob(1) if p.bias_term else top]
 

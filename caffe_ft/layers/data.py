@@ -22,7 +22,7 @@ from caffe_ft.data.datum import datum_where, parse_datum
 from caffe_ft.data.db_cursor import first_record
 from caffe_ft.data.hdf5_source import HDF5Rows
 from caffe_ft.data.image_list import parse_list_file
-from caffe_ft.data.prefetch import Prefetcher, default_workers, train_shard
+from caffe_ft.data.prefetch import Prefetcher, default_workers, to_device, train_shard
 from caffe_ft.data.rng import base_data_layer_seed, prefetching_layer_seeds
 from caffe_ft.data.sources import BatchSource, DatumSource, ImageListSource, Shard
 from caffe_ft.data.transformer import DataTransformer, load_mean_file, rand_calls_per_item
@@ -191,7 +191,7 @@ class HDF5Data(_SourceLayer):
 
     def forward(self) -> list[torch.Tensor]:
         device = self.device_anchor.device
-        return [torch.from_numpy(array).to(device) for array in self.rows.next_batch()]
+        return [to_device(torch.from_numpy(array), device) for array in self.rows.next_batch()]
 
 
 def _legacy_4d(layer: Layer, tensor: torch.Tensor, what: str) -> tuple[int, int, int, int]:
@@ -288,8 +288,8 @@ class MemoryData(_SourceLayer):
                              "(Caffe's Reset) before the first forward")
         device = self.device_anchor.device
         stop = self.pos + self.batch_size
-        data = self.data[self.pos:stop].to(device)
-        labels = self.labels[self.pos:stop].reshape(self.batch_size, 1, 1, 1).to(device)
+        data = to_device(self.data[self.pos:stop], device)
+        labels = to_device(self.labels[self.pos:stop].reshape(self.batch_size, 1, 1, 1), device)
         self.pos = stop % self.data.shape[0]
         return [data, labels]
 

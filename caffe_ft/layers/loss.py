@@ -42,39 +42,42 @@ def _outer_inner(shape: Shape, axis: int) -> tuple[int, int, int]:
     return math.prod(shape[:axis]), int(shape[axis]), math.prod(shape[axis + 1:])
 
 
-def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor) -> torch.Tensor:
-    """Caffe's get_normalizer, floored at 1. `valid` is the count of
-    non-ignored labels (all of them when there is no ignore_label)."""
-    if mode == Norm.FULL:
-        value: torch.Tensor | float = float(outer * inner)
-    elif mode == Norm.VALID:
-        value = valid.to(torch.float32)
-    elif mode == Norm.BATCH_SIZE:
-        value = float(outer)
-    else:
-        value = 1.0
-    return torch.clamp(torch.as_tensor(value, dtype=torch.float32, device=valid.device), min=1.0)
+def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor | None,
+                device: torch.device) -> torch.Tensor:
+    """Caffe's get_normalizer, floored at 1, as a float32 scalar on `device`.
+    `valid` masks the non-ignored labels (None: every label counts). Only
+    VALID with ignored labels depends on the data; the other counts are
+    filled on the device, as a copy from the host would wait for it."""
+    if mode == Norm.VALID and valid is not None:
+        return valid.sum().to(torch.float32).clamp(min=1.0)
+    count = {Norm.FULL: outer * inner, Norm.VALID: outer * inner, Norm.BATCH_SIZE: outer}
+    return torch.full((), max(float(count.get(mode, 1)), 1.0), dtype=torch.float32,
+                      device=device)
 
 
 def _class_labels(layer: Layer, label: torch.Tensor, classes: int, ignore: int | None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(class index, valid mask) per label; ignored positions index class 0
-    so gathers stay in range. An out-of-range label is an error here, where
+    so gathers stay in range, and the mask is None without an ignore_label
+    (every label counts). An out-of-range label is an error here, where
     Caffe would read past the class axis."""
     index = label.detach().reshape(-1).to(torch.int64)
-    valid = torch.ones_like(index, dtype=torch.bool) if ignore is None else index != ignore
-    bad = valid & ((index < 0) | (index >= classes))
+    valid = None if ignore is None else index != ignore
+    bad = (index < 0) | (index >= classes)
+    if valid is not None:
+        bad &= valid
     rule = f"labels must be integers in [0, {classes - 1}]"
-    try:
-        # Checked where the labels are, without waiting for the device: on
-        # CPU it raises here; on CUDA a bad label fails the next sync with
-        # this message.
-        torch._assert_async(~bad.any(), str(layer.error(
-            f"a label is outside the {classes} classes ({rule})")))
-    except RuntimeError:
-        raise layer.error(f"label {index[bad][0].item()} is outside the {classes} classes "
-                          f"({rule})") from None
+    layer.check_values(~bad.any(), f"a label is outside the {classes} classes ({rule})",
+                       lambda: f"label {index[bad][0].item()} is outside the {classes} "
+                               f"classes ({rule})")
+    if valid is None:
+        return index, None
     return torch.where(valid, index, torch.zeros_like(index)), valid
+
+
+def _all_count(index: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """The valid mask, all true where no label is ignored."""
+    return torch.ones_like(index, dtype=torch.bool) if valid is None else valid
 
 
 class _LossLayer(Layer):
@@ -130,12 +133,14 @@ class _SoftmaxLossFunction(torch.autograd.Function):
     softmax's data but not its diff, so it carries no gradient."""
 
     @staticmethod
-    def forward(ctx: Ctx, x: torch.Tensor, label: torch.Tensor, valid: torch.Tensor,
+    def forward(ctx: Ctx, x: torch.Tensor, label: torch.Tensor, valid: torch.Tensor | None,
                 normalizer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         prob = torch.softmax(x, dim=1)
         picked = prob.gather(1, label.unsqueeze(1)).squeeze(1)
         logs = torch.log(picked.clamp(min=FLT_MIN))
-        loss = -torch.where(valid, logs, torch.zeros_like(logs)).sum() / normalizer
+        if valid is not None:
+            logs = torch.where(valid, logs, torch.zeros_like(logs))
+        loss = -logs.sum() / normalizer
         ctx.save_for_backward(prob, label, valid, normalizer)
         ctx.mark_non_differentiable(prob)
         return loss, prob
@@ -146,7 +151,8 @@ class _SoftmaxLossFunction(torch.autograd.Function):
         prob, label, valid, normalizer = ctx.saved_tensors
         dx = prob.clone()
         dx.scatter_add_(1, label.unsqueeze(1), -torch.ones_like(label, dtype=dx.dtype).unsqueeze(1))
-        dx = dx * valid.unsqueeze(1).to(dx.dtype)
+        if valid is not None:
+            dx = dx * valid.unsqueeze(1).to(dx.dtype)
         return dx * (grad_loss / normalizer), None, None, None
 
 
@@ -178,8 +184,9 @@ class SoftmaxWithLoss(_LossLayer):
         axis = self.canonical_axis(self.param.softmax_param.axis, x.dim())
         outer, classes, inner = _outer_inner(tuple(x.shape), axis)
         index, valid = _class_labels(self, label, classes, self._ignore_label())
-        index, valid = index.reshape(outer, inner), valid.reshape(outer, inner)
-        normalizer = _normalizer(self.normalization, outer, inner, valid.sum())
+        index = index.reshape(outer, inner)
+        valid = None if valid is None else valid.reshape(outer, inner)
+        normalizer = _normalizer(self.normalization, outer, inner, valid, x.device)
         loss, prob = _SoftmaxLossFunction.apply(x.reshape(outer, classes, inner), index, valid,
                                                 normalizer)
         return [loss, prob.reshape(x.shape)][:self.num_tops]
@@ -221,7 +228,8 @@ class Accuracy(Layer):
             scores = x.reshape(outer, classes, inner)
             ignore = p.ignore_label if p.HasField("ignore_label") else None
             index, valid = _class_labels(self, label, classes, ignore)
-            index, valid = index.reshape(outer, inner), valid.reshape(outer, inner)
+            valid = _all_count(index, valid).reshape(outer, inner)
+            index = index.reshape(outer, inner)
             true_score = scores.gather(1, index.unsqueeze(1))
             # The true class itself is among those >= its score, hence the - 1.
             better = (scores >= true_score).sum(dim=1) - 1
@@ -323,11 +331,12 @@ class SigmoidCrossEntropyLoss(_LossLayer):
         ignore = self._ignore_label()
         if ignore is None:
             valid = torch.ones_like(target, dtype=torch.bool)
+            counted = None
         else:
-            valid = target.to(torch.int64) != ignore
+            valid = counted = target.to(torch.int64) != ignore
         outer = int(x.shape[0])
         normalizer = _normalizer(self.normalization, outer, x.numel() // max(outer, 1),
-                                 valid.sum())
+                                 counted, x.device)
         return [_SigmoidCrossEntropyFunction.apply(x, target, valid, normalizer)]
 
 
@@ -422,9 +431,12 @@ class InfogainLoss(_LossLayer):
         outer, classes, inner = _outer_inner(tuple(x.shape), axis)
         infogain = (matrix[0] if matrix else self.infogain).detach().reshape(classes, classes)
         index, valid = _class_labels(self, label, classes, self._ignore_label())
-        index, valid = index.reshape(outer, inner), valid.reshape(outer, inner)
-        normalizer = _normalizer(self.param.loss_param.normalization, outer, inner, valid.sum())
-        loss, prob = _InfogainFunction.apply(x.reshape(outer, classes, inner), index, valid,
+        index = index.reshape(outer, inner)
+        valid = None if valid is None else valid.reshape(outer, inner)
+        normalizer = _normalizer(self.param.loss_param.normalization, outer, inner, valid,
+                                 x.device)
+        loss, prob = _InfogainFunction.apply(x.reshape(outer, classes, inner), index,
+                                             _all_count(index, valid),
                                              infogain.to(x.dtype), normalizer)
         return [loss, prob.reshape(x.shape)][:self.num_tops]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from google.protobuf.message import Message
@@ -28,6 +29,18 @@ TEST = caffe_pb2.TEST
 BLOB_MAX_COUNT = 2**31 - 1
 
 
+class BlobList(nn.ParameterList):
+    """A layer's parameter blobs. A pass reads every layer's blobs by index,
+    and ParameterList's general indexing (slices, negative indices) costs
+    more than the rest of a small layer's Python: a plain index goes
+    straight to the parameter."""
+
+    def __getitem__(self, idx: int | slice) -> Any:
+        if type(idx) is int and 0 <= idx < len(self):
+            return self._parameters[str(idx)]
+        return super().__getitem__(idx)
+
+
 class Layer(nn.Module):
     # Loss layers get a default loss_weight of 1 on top 0 and cannot
     # backpropagate to their label bottom (Caffe's LossLayer).
@@ -40,7 +53,7 @@ class Layer(nn.Module):
         super().__init__()
         self.param = param
         self.phase = phase
-        self.blobs = nn.ParameterList()
+        self.blobs = BlobList()
         # Shapes a PERMISSIVE param share asks for (blob index → shape).
         self.blob_views: dict[int, Shape] = {}
         self._check_counts()

@@ -9,6 +9,7 @@ padded or cropped explicitly so the same kernels still apply.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -251,18 +252,29 @@ class Convolution(_ConvolutionBase):
                 bias: torch.Tensor | None) -> torch.Tensor:
         g = self.geometry
         groups = self.param.convolution_param.group
-        spatial = x.shape[2:]
-        right = g.right_pad(spatial, g.conv_output(spatial))
+        spatial = tuple(x.shape[2:])
         conv = _CONV.get(len(spatial))
         if conv is None:
+            right = g.right_pad(spatial, g.conv_output(spatial))
             return _conv_generic(x, weight, bias, g.stride, g.pad, right, g.dilation, groups)
-        pad: Sequence[int] = g.pad
-        if any(r > p for r, p in zip(right, g.pad)):
-            # An input shorter than one kernel extent: Caffe still computes
-            # one output, reading the cells past the input as zeros.
-            x = F.pad(x, _pad_arg(g.pad, right))
-            pad = (0,) * len(spatial)
+        pad, explicit = _conv_padding(g, spatial)
+        if explicit is not None:
+            x = F.pad(x, explicit)
         return conv(x, weight, bias, g.stride, pad, g.dilation, groups)
+
+
+@functools.lru_cache(maxsize=4096)
+def _conv_padding(g: ConvGeometry, spatial: tuple[int, ...]
+                  ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(the convolution's padding, an F.pad argument to apply first or None)
+    for an input of this size; worked out once per geometry and size, as a
+    pass would otherwise redo it for every convolution."""
+    right = g.right_pad(spatial, g.conv_output(spatial))
+    if any(r > p for r, p in zip(right, g.pad)):
+        # An input shorter than one kernel extent: Caffe still computes
+        # one output, reading the cells past the input as zeros.
+        return (0,) * len(spatial), _pad_arg(g.pad, right)
+    return g.pad, None
 
 
 @register("Deconvolution")

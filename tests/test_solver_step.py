@@ -93,7 +93,8 @@ def test_frozen_params_are_skipped_and_stay_put() -> None:
     solver = make_solver('type: "SGD"', net=CONV_NET)
     frozen = [i for i, p in enumerate(solver.params) if p.lr_mult == 0]
     assert frozen and set(frozen) == solver._skippable
-    updated = {i for members in solver._update_groups().values() for i in members}
+    grads = [p.blob.grad for p in solver.params]
+    updated = {i for members in solver._update_groups(grads).values() for i in members}
     assert updated.isdisjoint(frozen)
     before = weights(solver)
     solver.step(3)
@@ -201,3 +202,19 @@ def test_a_non_finite_loss_left_pending_is_reported_at_the_next_read() -> None:
         assert not any("not finite" in m for m in messages)
         assert np.isnan(solver.display_loss.value)  # the read reports it
     assert any(m.startswith("Iteration 1, loss = nan: the loss is not finite") for m in messages)
+
+
+def test_a_frozen_param_given_a_diff_joins_an_adaptive_update() -> None:
+    """The update groups are kept between iterations, but a frozen param
+    whose diff appears (force_backward, or written from Python) still joins
+    an adaptive rule's update, which folds the diff into its history."""
+    solver = make_solver('type: "Adam" weight_decay: 0', net=CONV_NET)
+    frozen = sorted(solver._skippable)
+    assert frozen
+    grads: list[torch.Tensor | None] = [None] * len(solver.params)
+    assert not any(i in members for members in solver._update_groups(grads).values()
+                   for i in frozen)
+    grads[frozen[0]] = torch.ones_like(solver.params[frozen[0]].blob)
+    assert any(frozen[0] in members for members in solver._update_groups(grads).values())
+    grads[frozen[0]] = None
+    assert not any(frozen[0] in members for members in solver._update_groups(grads).values())

@@ -78,6 +78,8 @@ class ReLU(Layer):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         slope = self.param.relu_param.negative_slope
+        if slope == 0:
+            return [torch.relu(x)]  # the common case, with autograd's (Caffe's) gradient
         # A negative slope flips the sign of the top where x < 0, so in place
         # Caffe's test of the (overwritten) bottom passes those gradients at 1.
         return [_caffe_backward(

@@ -422,11 +422,11 @@ def pool(x: torch.Tensor, g: PoolGeometry, train: bool,
     """Caffe's pooling of a (N, C, H, W) tensor; with `want_mask`, MAX also
     returns Caffe's argmax top (flat index h*W + w, as float; -1 where a
     window holds no input cell)."""
-    spatial = x.shape[2:]
-    out = g.output(spatial)
+    spatial = tuple(x.shape[2:])
+    out, native = _pool_plan(g, spatial)
     if g.method == PoolParam.STOCHASTIC:
         return _stochastic_pool(x, g, out, train), None
-    if g.torch_output(spatial) == out and all(p <= k // 2 for p, k in zip(g.pad, g.kernel)):
+    if native:
         # torch's kernels share Caffe's window clipping, first-maximum argmax
         # and AVE divisor (padding counted, overhang not) for this geometry.
         if g.method == PoolParam.AVE:
@@ -460,6 +460,16 @@ def pool(x: torch.Tensor, g: PoolGeometry, train: bool,
     inside = (h >= 0) & (h < spatial[0]) & (w >= 0) & (w < spatial[1])
     mask = torch.where(inside, h * spatial[1] + w, torch.full_like(index, -1))
     return y, mask.to(x.dtype)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pool_plan(g: PoolGeometry, spatial: tuple[int, ...]) -> tuple[tuple[int, int], bool]:
+    """(Caffe's output size, whether torch's kernels compute it as Caffe
+    does) for an input of this size; worked out once per geometry and size,
+    as a pass would otherwise redo it for every pooling."""
+    out = g.output(spatial)
+    return out, (g.torch_output(spatial) == out and
+                 all(p <= k // 2 for p, k in zip(g.pad, g.kernel)))
 
 
 def _ave_divisor(g: PoolGeometry, spatial: Sequence[int], out: Sequence[int],
@@ -539,6 +549,8 @@ class Pooling(Layer):
         self.kernel = (p.kernel_size, p.kernel_size) if has_size else (p.kernel_h, p.kernel_w)
         _check_4d(self, tuple(bottom_shapes[0]))
         _check_pool(self, self.geometry(bottom_shapes[0]))
+        # Only a global pooling's geometry follows the input's size.
+        self._fixed_geometry = None if p.global_pooling else self.geometry(bottom_shapes[0])
 
     def geometry(self, shape: Shape) -> PoolGeometry:
         p = self.param.pooling_param
@@ -553,7 +565,8 @@ class Pooling(Layer):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         want_mask = len(self.param.top) > 1
-        y, mask = pool(x, self.geometry(tuple(x.shape)), self.phase == TRAIN, want_mask)
+        g = self._fixed_geometry or self.geometry(tuple(x.shape))
+        y, mask = pool(x, g, self.phase == TRAIN, want_mask)
         return [y] if mask is None else [y, mask]
 
 

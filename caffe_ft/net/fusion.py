@@ -43,6 +43,7 @@ class FusionPlan:
                  top_names: Sequence[Sequence[str]], bottom_detach: Sequence[Sequence[bool]],
                  top_detach: Sequence[bool], loss_tops: Sequence[tuple[str, float]]) -> None:
         self.chains: dict[int, int] = {}
+        self._steps: dict[tuple[int, int, bool], list[tuple[int, int]]] = {}
         loss_names = {name for name, _ in loss_tops}
         i = 0
         while i < len(layers):
@@ -63,9 +64,17 @@ class FusionPlan:
                 self.chains[i] = last
             i = last + 1
 
-    def steps(self, start: int, end: int, fuse: bool) -> Iterator[tuple[int, int]]:
+    def steps(self, start: int, end: int, fuse: bool) -> list[tuple[int, int]]:
         """(first, last) layer of each step of a forward over start..end: a
-        chain where `fuse` allows it and the range holds all of it, else one layer."""
+        chain where `fuse` allows it and the range holds all of it, else one
+        layer. Worked out once per range: every pass asks."""
+        key = (start, end, fuse)
+        steps = self._steps.get(key)
+        if steps is None:
+            steps = self._steps[key] = list(self._walk(start, end, fuse))
+        return steps
+
+    def _walk(self, start: int, end: int, fuse: bool) -> Iterator[tuple[int, int]]:
         i = start
         while i <= end:
             last = self.chains.get(i, i) if fuse else i

@@ -87,6 +87,14 @@ class Net(nn.Module):
         # In-place chains (BatchNorm → Scale → ReLU) that may run as one step.
         self.fusion = FusionPlan(self.layers, self.bottom_names, self.top_names,
                                  self.bottom_detach, self.top_detach, self.loss_tops)
+        # Per layer, what a pass would otherwise work out again each time:
+        # whether a bottom is cut from backward, whether a top needs
+        # _top_of, and (top position, loss weight) of its weighted tops.
+        self._cuts_bottom = [any(cuts) for cuts in self.bottom_detach]
+        self._plain_tops = [not (self.top_detach[i] or (self.force_backward and not bottoms))
+                            for i, bottoms in enumerate(self.bottom_names)]
+        self._loss_terms = [tuple((k, self.loss_weight[name]) for k, name in enumerate(tops)
+                                  if self.loss_weight.get(name)) for tops in self.top_names]
         self.output_names = sorted(wiring.available)
         for name in self.output_names:
             logger.info("This network produces output %s", name)
@@ -281,7 +289,7 @@ class Net(nn.Module):
         layer_hook) runs around each layer."""
         self.mirrors.push()
         hook = self.layer_hook if hook is None else hook
-        layers, top_names, loss_weight = self._layer_list, self.top_names, self.loss_weight
+        layers, top_names = self._layer_list, self.top_names
         end = len(layers) - 1 if end is None else end
         values = self._values
         if feed:
@@ -293,24 +301,32 @@ class Net(nn.Module):
             if feed and all(name in feed for name in top_names[i]):
                 continue
             bottoms = self._bottoms_of(i)
-            with hook(i, "forward"):
+            if hook is _no_hook:
                 tops = (layers[i](*bottoms) if last == i else
                         layers[i].forward_chain(bottoms[0], layers[i + 1:last + 1]))
-            tops = [self._top_of(last, top) for top in tops]
+            else:
+                with hook(i, "forward"):
+                    tops = layers[i](*bottoms)  # hooks see every layer: no chains
+            if not self._plain_tops[last]:
+                tops = [self._top_of(last, top) for top in tops]
             if self.keep_blob_diffs:
                 self._layer_io[i] = (bottoms, tops)
             for name, top in zip(top_names[last], tops):
                 values[name] = top
-                weight = loss_weight.get(name)
-                if weight:
-                    term = weight * top.sum()  # float32 even from an autocast top
-                    loss = term.float() if loss is None else loss + term
+            for k, weight in self._loss_terms[last]:
+                term = weight * tops[k].sum()  # float32 even from an autocast top
+                loss = term.float() if loss is None else loss + term
         self.mirrors.pull()
         return torch.zeros((), device=self.device) if loss is None else loss
 
     def _bottoms_of(self, index: int) -> list[torch.Tensor]:
-        bottoms = []
         values = self._values
+        if not (self.keep_blob_diffs or self._cuts_bottom[index]):
+            try:
+                return [values[name] for name in self.bottom_names[index]]
+            except KeyError:
+                pass  # a blob no layer has written yet: blob_data makes it
+        bottoms = []
         for name, detach in zip(self.bottom_names[index], self.bottom_detach[index]):
             value = values.get(name)
             if value is None:

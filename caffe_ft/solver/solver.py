@@ -109,6 +109,7 @@ class Solver:
         self._local_decay = [float(f32(param.weight_decay) * f32(p.decay_mult))
                              for p in self.params]
         self._skippable = self._frozen_params()
+        self._groups: tuple[tuple[bool, ...], dict[tuple[float, float], list[int]]] | None = None
         self.display_loss = DisplayLoss(param.average_loss, self.divergence,
                                         lazy=self.device.type != "cpu")
         self._progress_due = 0.0
@@ -197,6 +198,7 @@ class Solver:
                                  f"{saved.size} values, the param has {blob.numel()}")
             blob.copy_(torch.from_numpy(saved.reshape(tuple(blob.shape))))
         self._skippable = self._frozen_params()
+        self._groups = None
 
     # -- training ---------------------------------------------------------
     def solve(self, resume_file: str | None = None) -> None:
@@ -326,21 +328,22 @@ class Solver:
         self.current_step = step
         if param.display and self.iter % param.display == 0:
             logger.info("Iteration %d, lr = %g", self.iter, rate)
+        # A param Caffe computes no diff for (lr_mult 0) has diff 0; None here.
+        grads = [p.blob.grad for p in self.params]
         if self._scaler is not None and not self._scaler.unscale(
-                [p.blob.grad for p in self.params if p.blob.grad is not None]):
+                [g for g in grads if g is not None]):
             logger.info("Iteration %d: fp16 diffs overflowed; skipping the update, loss "
                         "scale now %g", self.iter, self._scaler.scale)
             self.net.mirrors.pull()
             self.iter += 1
             return
-        # A param Caffe computes no diff for (lr_mult 0) has diff 0; None here.
-        clipped = clip_gradients([p.blob.grad for p in self.params], param.clip_gradients)
+        clipped = clip_gradients(grads, param.clip_gradients)
         if clipped:
             logger.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
                         "factor %g", clipped[0], param.clip_gradients, clipped[1])
         with torch.no_grad():
-            for (lr_mult, local_decay), members in self._update_groups().items():
-                self._update_group(members, float(f32(rate) * f32(lr_mult)), local_decay)
+            for (lr_mult, local_decay), members in self._update_groups(grads).items():
+                self._update_group(members, grads, float(f32(rate) * f32(lr_mult)), local_decay)
         self.net.mirrors.pull()
         self.iter += 1
 
@@ -360,24 +363,32 @@ class Solver:
                 frozen.add(i)
         return frozen
 
-    def _update_groups(self) -> dict[tuple[float, float], list[int]]:
+    def _update_groups(self, grads: list[torch.Tensor | None]
+                       ) -> dict[tuple[float, float], list[int]]:
         """Learnable params by (lr_mult, local decay), one multi-tensor update
         each. A frozen param joins only when an adaptive rule would fold a
-        diff (written by force_backward or from Python) into its history."""
-        groups: dict[tuple[float, float], list[int]] = {}
-        for i, p in enumerate(self.params):
-            if i in self._skippable and (self.rule.rate_scales_history or p.blob.grad is None):
-                continue
-            groups.setdefault((p.lr_mult, self._local_decay[i]), []).append(i)
-        return groups
+        diff (written by force_backward or from Python) into its history.
+        Kept while that question has the same answers: every update asks."""
+        joins = () if self.rule.rate_scales_history else \
+            tuple(grads[i] is not None for i in sorted(self._skippable))
+        if self._groups is None or self._groups[0] != joins:
+            groups: dict[tuple[float, float], list[int]] = {}
+            for i, p in enumerate(self.params):
+                if i in self._skippable and (self.rule.rate_scales_history or grads[i] is None):
+                    continue
+                groups.setdefault((p.lr_mult, self._local_decay[i]), []).append(i)
+            self._groups = (joins, groups)
+        return self._groups[1]
 
-    def _update_group(self, members: list[int], local_rate: float, local_decay: float) -> None:
+    def _update_group(self, members: list[int], all_grads: list[torch.Tensor | None],
+                      local_rate: float, local_decay: float) -> None:
         """Caffe's per-param Normalize, Regularize, ComputeUpdateValue and
         Update, for params sharing one rate and decay."""
         param = self.param
         blobs = [self.params[i].blob for i in members]
         # A param no loss reaches still decays: its diff is 0.
-        grads = [torch.zeros_like(blob) if blob.grad is None else blob.grad for blob in blobs]
+        grads = [torch.zeros_like(blobs[k]) if all_grads[i] is None else all_grads[i]
+                 for k, i in enumerate(members)]
         normalize(grads, param.iter_size)
         regularize(grads, blobs, local_decay, param.regularization_type)
         history = [[blobs_set[i] for i in members] for blobs_set in self.history]

@@ -36,9 +36,11 @@ class BlobList(nn.ParameterList):
     straight to the parameter."""
 
     def __getitem__(self, idx: int | slice) -> Any:
-        if type(idx) is int and 0 <= idx < len(self):
-            return self._parameters[str(idx)]
-        return super().__getitem__(idx)
+        if type(idx) is int and idx >= 0:
+            parameter = self._parameters.get(str(idx))
+            if parameter is not None:
+                return parameter
+        return super().__getitem__(idx)  # slices, negative indices, IndexError
 
 
 class Layer(nn.Module):

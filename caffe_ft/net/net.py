@@ -297,23 +297,26 @@ class Net(nn.Module):
         loss: torch.Tensor | None = None
         # A chain runs as one step only where nothing looks inside it.
         fuse = not (feed or self.keep_blob_diffs or hook is not _no_hook)
+        # Locals: this loop is the host's work per layer.
+        bottoms_of, plain_tops, loss_terms = self._bottoms_of, self._plain_tops, self._loss_terms
+        keep = self.keep_blob_diffs
         for i, last in self.fusion.steps(start, end, fuse):
             if feed and all(name in feed for name in top_names[i]):
                 continue
-            bottoms = self._bottoms_of(i)
+            bottoms = bottoms_of(i)
             if hook is _no_hook:
                 tops = (layers[i](*bottoms) if last == i else
                         layers[i].forward_chain(bottoms[0], layers[i + 1:last + 1]))
             else:
                 with hook(i, "forward"):
                     tops = layers[i](*bottoms)  # hooks see every layer: no chains
-            if not self._plain_tops[last]:
+            if not plain_tops[last]:
                 tops = [self._top_of(last, top) for top in tops]
-            if self.keep_blob_diffs:
+            if keep:
                 self._layer_io[i] = (bottoms, tops)
             for name, top in zip(top_names[last], tops):
                 values[name] = top
-            for k, weight in self._loss_terms[last]:
+            for k, weight in loss_terms[last]:
                 term = weight * tops[k].sum()  # float32 even from an autocast top
                 loss = term.float() if loss is None else loss + term
         self.mirrors.pull()

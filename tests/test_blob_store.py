@@ -192,3 +192,61 @@ def test_writing_a_blob_of_another_shape_is_refused() -> None:
         net.set_blob_data("data", torch.zeros(1, 3, 6, 6))
     with pytest.raises(CaffeError, match="has no blob named 'nope'"):
         net.blob_data("nope")
+
+
+def _golden_net(case: str, graph_diffs: bool) -> tuple[Net, dict[str, torch.Tensor]]:
+    """A golden layer case's net run forward (keeping blob diffs) as the
+    layer-by-layer pass or as one graph, and the case's top diffs."""
+    import json
+    from caffe_ft.net.weights import copy_trained_layers
+    from caffe_ft.protofile import read_binary, read_text
+    folder = GOLDEN / case
+    meta = json.loads((folder / "meta.json").read_text())
+    data = dict(np.load(folder / "data.npz"))
+    net = Net(read_text(folder / "net.prototxt", caffe_pb2.NetParameter()),
+              getattr(caffe_pb2, meta["phase"]))
+    copy_trained_layers(net, read_binary(folder / "weights.caffemodel", caffe_pb2.NetParameter()),
+                        "weights")
+    net.keep_blob_diffs = True
+    for key, value in data.items():
+        if key.startswith("input/"):
+            net.set_blob_data(key[len("input/"):], torch.from_numpy(value))
+    net.forward(graph_diffs=graph_diffs)
+    seeds = {key[len("topdiff/"):]: torch.from_numpy(value)
+             for key, value in data.items() if key.startswith("topdiff/")}
+    return net, seeds
+
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden_layers"
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in GOLDEN.iterdir() if p.is_dir()))
+def test_a_graph_pass_leaves_the_blob_diffs_a_layer_by_layer_one_leaves(case: str) -> None:
+    """The pycaffe Solver's own iterations run as one graph: every blob and
+    param diff is the layer-by-layer backward's (in-place chains, splits,
+    loss tops and blobs no gradient reaches included)."""
+    layered, seeds = _golden_net(case, graph_diffs=False)
+    graph, _ = _golden_net(case, graph_diffs=True)
+    assert (graph._retained is not None) == torch.is_grad_enabled()
+    layered.backward(dict(seeds))
+    graph.backward(dict(seeds))
+    assert graph._diffs.keys() == layered._diffs.keys()
+    for name, diff in layered._diffs.items():
+        torch.testing.assert_close(graph._diffs[name], diff, rtol=1e-6, atol=1e-7, msg=name)
+    for a, b in zip(graph.parameters(), layered.parameters()):
+        if b.grad is None:
+            assert a.grad is None or not a.grad.any()
+        else:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_a_second_backward_or_a_range_after_a_graph_pass_replays() -> None:
+    net = Net(parse_text(NET, caffe_pb2.NetParameter()), caffe_pb2.TRAIN)
+    net.keep_blob_diffs = True
+    net.set_blob_data("data", torch.from_numpy(_x(3)))
+    net.forward(graph_diffs=True)
+    seed = {"prob": torch.ones(2, 5)}
+    net.backward(seed)
+    whole = net.blob_diff("data").clone()
+    net.backward(seed, start=4, end=0)  # the graph is gone: the layers replay
+    torch.testing.assert_close(net.blob_diff("data"), whole)

@@ -197,6 +197,34 @@ def test_after_a_step_blob_diffs_and_layer_callbacks_are_caffes(tmp_path: Path) 
         [(when, i) for i in reversed(layers) for when in ("before_backward", "after_backward")]
 
 
+def test_a_step_with_no_callbacks_runs_as_one_graph_with_caffes_blob_diffs(
+        tmp_path: Path) -> None:
+    """Without per-layer callbacks the solver's iteration is one autograd
+    pass (one per layer would cost a GPU step much host time); the blob
+    diffs it leaves are still those of Caffe's layer-by-layer backward."""
+    from caffe_ft.proto import caffe_pb2
+    from caffe_ft.pycaffe.net import Net
+    solver = pycaffe.SGDSolver(str(write_solver(tmp_path, TINY_SOLVER)))
+    fill_inputs(solver)
+    net = Net(str(tmp_path / "net.prototxt"), caffe_pb2.TRAIN)
+    solver.share_weights(net)
+    for name in ("data", "label"):
+        net.blobs[name].data[...] = solver.net.blobs[name].data
+    net.forward()
+    net.backward()
+    expected = {name: blob.diff.copy() for name, blob in net.blobs.items()}
+    passes: list[int] = []
+    core = solver._solver.net
+    original = core._backward_layers
+    core._backward_layers = lambda *a: passes.append(1) or original(*a)  # type: ignore
+    solver.step(1)
+    assert passes == []  # no layer-by-layer pass ran
+    for name, diff in expected.items():
+        np.testing.assert_allclose(solver.net.blobs[name].diff, diff, rtol=1e-6, atol=1e-8,
+                                   err_msg=name)
+    assert np.abs(solver.net.blobs["fc1"].diff).sum() > 0
+
+
 def test_host_writes_through_net_reach_the_run(tmp_path: Path) -> None:
     path = write_solver(tmp_path, TINY_SOLVER + f'snapshot_prefix: "{tmp_path / "s"}"\n'
                         "test_iter: 1\ntest_interval: 1000\n")

@@ -12,6 +12,13 @@ tools use. Two backward modes:
   `time`'s): forward cuts the graph at every layer, and backward runs the
   layers in reverse one at a time, as Caffe does, so every blob keeps its
   diff, a layer range can run alone and each layer's backward can be timed.
+
+A net that keeps blob diffs runs a whole pass as one graph when its caller
+asks (`graph_diffs`: the pycaffe Solver's own iterations, with no per-layer
+callback): each blob's first producer keeps its gradient (retain_grad),
+which is the diff Caffe's layer-by-layer backward leaves in the blob, for
+one autograd pass instead of one per layer (a GPU step at small batch
+waits on that host work).
 """
 from __future__ import annotations
 
@@ -95,6 +102,8 @@ class Net(nn.Module):
                             for i, bottoms in enumerate(self.bottom_names)]
         self._loss_terms = [tuple((k, self.loss_weight[name]) for k, name in enumerate(tops)
                                   if self.loss_weight.get(name)) for tops in self.top_names]
+        # Blobs some layer reads: those a layer-by-layer backward leaves a diff in.
+        self._read_blobs = {name for bottoms in self.bottom_names for name in bottoms}
         self.output_names = sorted(wiring.available)
         for name in self.output_names:
             logger.info("This network produces output %s", name)
@@ -108,6 +117,9 @@ class Net(nn.Module):
         self._diffs: dict[str, torch.Tensor] = {}
         # Layer by layer: each layer's detached bottoms and its tops, for its own backward.
         self._layer_io: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        # After a graph_diffs forward: each read blob's first producer output,
+        # whose gradient the backward keeps (None: the last forward cut the graph).
+        self._retained: dict[str, torch.Tensor] | None = None
         self.mirrors = Mirrors()
 
     @property
@@ -281,12 +293,13 @@ class Net(nn.Module):
     # -- passes ---------------------------------------------------------
     def forward(self, start: int = 0, end: int | None = None,
                 feed: dict[str, torch.Tensor] | None = None,
-                hook: LayerHook | None = None) -> torch.Tensor:
+                hook: LayerHook | None = None, graph_diffs: bool = False) -> torch.Tensor:
         """Run layers start..end (inclusive) and return the weighted loss of
         the loss tops they produced (Caffe's ForwardFromTo). `feed` gives
         blobs values to use as they are (a layer whose tops are all fed does
         not run), as a traced export feeds its graph inputs. `hook` (default:
-        layer_hook) runs around each layer."""
+        layer_hook) runs around each layer. `graph_diffs`: a net keeping blob
+        diffs runs a whole pass, with no hook, as one graph (module doc)."""
         self.mirrors.push()
         hook = self.layer_hook if hook is None else hook
         layers, top_names = self._layer_list, self.top_names
@@ -297,13 +310,19 @@ class Net(nn.Module):
         loss: torch.Tensor | None = None
         # A chain runs as one step only where nothing looks inside it.
         fuse = not (feed or self.keep_blob_diffs or hook is not _no_hook)
+        retained: dict[str, torch.Tensor] | None = None
+        if (graph_diffs and self.keep_blob_diffs and hook is _no_hook and not feed and
+                start == 0 and end == len(layers) - 1 and torch.is_grad_enabled()):
+            retained = {}
+            self._layer_io.clear()  # a later range backward replays this pass's layers
         # Locals: this loop is the host's work per layer.
         bottoms_of, plain_tops, loss_terms = self._bottoms_of, self._plain_tops, self._loss_terms
-        keep = self.keep_blob_diffs
+        keep = self.keep_blob_diffs and retained is None
+        read_blobs = self._read_blobs
         for i, last in self.fusion.steps(start, end, fuse):
             if feed and all(name in feed for name in top_names[i]):
                 continue
-            bottoms = bottoms_of(i)
+            bottoms = bottoms_of(i, keep)
             if hook is _no_hook:
                 tops = (layers[i](*bottoms) if last == i else
                         layers[i].forward_chain(bottoms[0], layers[i + 1:last + 1]))
@@ -316,15 +335,22 @@ class Net(nn.Module):
                 self._layer_io[i] = (bottoms, tops)
             for name, top in zip(top_names[last], tops):
                 values[name] = top
+                if retained is not None and top.requires_grad and name in read_blobs and \
+                        name not in retained:
+                    top.retain_grad()
+                    retained[name] = top
             for k, weight in loss_terms[last]:
                 term = weight * tops[k].sum()  # float32 even from an autocast top
                 loss = term.float() if loss is None else loss + term
+        self._retained = retained
         self.mirrors.pull()
         return torch.zeros((), device=self.device) if loss is None else loss
 
-    def _bottoms_of(self, index: int) -> list[torch.Tensor]:
+    def _bottoms_of(self, index: int, leaves: bool) -> list[torch.Tensor]:
+        """The layer's bottoms; `leaves`: each its own leaf, cut from the
+        graph, for a layer-by-layer backward."""
         values = self._values
-        if not (self.keep_blob_diffs or self._cuts_bottom[index]):
+        if not (leaves or self._cuts_bottom[index]):
             try:
                 return [values[name] for name in self.bottom_names[index]]
             except KeyError:
@@ -334,7 +360,7 @@ class Net(nn.Module):
             value = values.get(name)
             if value is None:
                 value = self.blob_data(name)
-            if self.keep_blob_diffs:
+            if leaves:
                 # The layer's own leaf, so its backward can run by itself; the
                 # plan (not the value's history: a replay may read a blob no
                 # forward wrote) says whether a diff flows into it.
@@ -367,18 +393,31 @@ class Net(nn.Module):
         hook = self.layer_hook if hook is None else hook
         for name, diff in (diffs or {}).items():
             self.set_blob_diff(name, diff)
-        if self.keep_blob_diffs:
+        whole = start in (None, len(self.layers) - 1) and end in (None, 0) and \
+            hook is _no_hook
+        if self._retained is not None and whole:
+            # A graph_diffs forward: one pass, then every read blob's diff is
+            # its first producer's gradient, as a layer-by-layer backward
+            # leaves it (a blob the gradient never reached keeps its diff).
+            retained, self._retained = self._retained, None  # a second backward replays
+            self._backward_whole()
+            self._diffs.update((name, top.grad) for name, top in retained.items()
+                               if top.grad is not None)
+        elif self.keep_blob_diffs:
             self._backward_layers(len(self.layers) - 1 if start is None else start,
                                   0 if end is None else end, hook)
-        elif start not in (None, len(self.layers) - 1) or end not in (None, 0) or \
-                hook is not _no_hook:
+        elif not whole:
             raise CaffeError("A backward over a layer range, or timed per layer, needs the "
                              "net to keep blob diffs (keep_blob_diffs) from its forward on")
         else:
-            tensors, grads = self._seeds(self.output_names + list(self.loss_weight))
-            if tensors:
-                torch.autograd.backward(tensors, grads)
+            self._backward_whole()
         self.mirrors.pull()
+
+    def _backward_whole(self) -> None:
+        """One autograd pass from the seeded tops into the params."""
+        tensors, grads = self._seeds(self.output_names + list(self.loss_weight))
+        if tensors:
+            torch.autograd.backward(tensors, grads)
 
     def _seeds(self, names: Iterable[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The tops the whole-graph backward starts from, with their diffs."""
@@ -441,7 +480,7 @@ class Net(nn.Module):
         """A layer's graph for a backward that no forward of it preceded
         (Caffe's backward then reads the blobs as they are): its forward on
         the current bottoms, without writing its tops."""
-        bottoms = self._bottoms_of(index)
+        bottoms = self._bottoms_of(index, True)
         with torch.enable_grad():
             tops = [self._top_of(index, top) for top in self.layers[index](*bottoms)]
         self._layer_io[index] = (bottoms, tops)

@@ -10,6 +10,7 @@ logged numbers are Caffe's to the printed digit.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -91,7 +92,10 @@ class Solver:
             self.net.to(memory_format=torch.channels_last)
         # fp16 scales the loss so small diffs survive; the others need not.
         self._scaler = LossScaler() if self.precision.name == "fp16" else None
-        self._forward = self._compiled_forward() if compile else self.net.forward
+        # A net keeping blob diffs (pycaffe's) still runs the solver's own
+        # passes as one graph when no per-layer callback looks inside.
+        self._forward = self._compiled_forward() if compile else \
+            functools.partial(self.net.forward, graph_diffs=True)
         self.test_nets = [net.to(self.device) for net in
                           build_test_nets(param, self.solver_dir)] if rank == 0 else []
         logger.info("Solver scaffolding done.")

@@ -171,19 +171,24 @@ def test_callbacks_run_where_caffe_step_runs_them(tmp_path: Path) -> None:
     np.testing.assert_array_equal(seen[3][2], data0 - np.float32(0.1) * diff0)
 
 
-def test_after_a_step_blob_diffs_and_layer_callbacks_are_caffes(tmp_path: Path) -> None:
+def _solver_and_hand_run_diffs(tmp_path: Path) -> tuple[pycaffe.Solver, dict[str, np.ndarray]]:
+    """A solver, and every blob diff of its first iteration run by hand: a
+    pycaffe Net with the weights before the step, forward and backward."""
     from caffe_ft.proto import caffe_pb2
     from caffe_ft.pycaffe.net import Net
     solver = pycaffe.SGDSolver(str(write_solver(tmp_path, TINY_SOLVER)))
     fill_inputs(solver)
-    # The same iteration by hand: a pycaffe Net with the weights before the step.
     net = Net(str(tmp_path / "net.prototxt"), caffe_pb2.TRAIN)
     solver.share_weights(net)
     for name in ("data", "label"):
         net.blobs[name].data[...] = solver.net.blobs[name].data
     net.forward()
     net.backward()
-    expected = {name: blob.diff.copy() for name, blob in net.blobs.items()}
+    return solver, {name: blob.diff.copy() for name, blob in net.blobs.items()}
+
+
+def test_after_a_step_blob_diffs_and_layer_callbacks_are_caffes(tmp_path: Path) -> None:
+    solver, expected = _solver_and_hand_run_diffs(tmp_path)
     calls: list[tuple[str, int]] = []
     for when in ("before_forward", "after_forward", "before_backward", "after_backward"):
         getattr(solver.net, when)(lambda index, when=when: calls.append((when, index)))
@@ -202,17 +207,7 @@ def test_a_step_with_no_callbacks_runs_as_one_graph_with_caffes_blob_diffs(
     """Without per-layer callbacks the solver's iteration is one autograd
     pass (one per layer would cost a GPU step much host time); the blob
     diffs it leaves are still those of Caffe's layer-by-layer backward."""
-    from caffe_ft.proto import caffe_pb2
-    from caffe_ft.pycaffe.net import Net
-    solver = pycaffe.SGDSolver(str(write_solver(tmp_path, TINY_SOLVER)))
-    fill_inputs(solver)
-    net = Net(str(tmp_path / "net.prototxt"), caffe_pb2.TRAIN)
-    solver.share_weights(net)
-    for name in ("data", "label"):
-        net.blobs[name].data[...] = solver.net.blobs[name].data
-    net.forward()
-    net.backward()
-    expected = {name: blob.diff.copy() for name, blob in net.blobs.items()}
+    solver, expected = _solver_and_hand_run_diffs(tmp_path)
     passes: list[int] = []
     core = solver._solver.net
     original = core._backward_layers

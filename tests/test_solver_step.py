@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from caffe_ft.solver import Solver
 from caffe_ft.solver.update_rules import RULES, Hyper
 from solver_helpers import captured_log, make_solver, weights
 
@@ -136,10 +137,8 @@ def test_no_host_reads_between_displays(kind: str, net: str, host_reads: list[st
     assert reads[0] > 0 and reads[5] > 0
 
 
-def test_smoothed_loss_matches_caffes_float32_sums() -> None:
-    """Losses read in one transfer at display give Caffe's smoothed value:
-    the same float32 running mean and ring buffer as one read per iteration."""
-    solver = make_solver("display: 4 average_loss: 3", net=CONV_NET)
+def recorded_losses(solver: Solver) -> list[np.float32]:
+    """The list every iteration's loss is appended to, as the solver computes it."""
     losses: list[np.float32] = []
     original = solver._forward_backward
 
@@ -148,6 +147,14 @@ def test_smoothed_loss_matches_caffes_float32_sums() -> None:
         losses.append(np.float32(loss.item()))
         return loss
     solver._forward_backward = recording  # type: ignore[method-assign]
+    return losses
+
+
+def test_smoothed_loss_matches_caffes_float32_sums() -> None:
+    """Losses read in one transfer at display give Caffe's smoothed value:
+    the same float32 running mean and ring buffer as one read per iteration."""
+    solver = make_solver("display: 4 average_loss: 3", net=CONV_NET)
+    losses = recorded_losses(solver)
     solver.step(8)
     value = np.float32(0)
     window: list[np.float32] = []
@@ -179,14 +186,7 @@ def test_pending_losses_fold_into_the_step_call_that_made_them(lazy: bool) -> No
     one step() call are not averaged into the next call's."""
     solver = make_solver("display: 0 average_loss: 4", net=CONV_NET)
     solver.display_loss.lazy = lazy
-    losses: list[np.float32] = []
-    original = solver._forward_backward
-
-    def recording() -> torch.Tensor:
-        loss = original()
-        losses.append(np.float32(loss.item()))
-        return loss
-    solver._forward_backward = recording  # type: ignore[method-assign]
+    losses = recorded_losses(solver)
     solver.step(3)
     solver.step(2)
     assert solver.display_loss.value == (losses[3] + losses[4]) / np.float32(2)

@@ -24,7 +24,7 @@ from caffe_ft.solver import SignalHandler, Solver, SolverAction
 from caffe_ft.solver.launch import spawn_ranks
 from caffe_ft.solver.parallel import (DataParallel, join_process_group, launched_world_size,
                                       leave_process_group)
-from caffe_ft.solver.scores import Scores, loss_suffix
+from caffe_ft.solver.scores import Scores, loss_suffix, output_values
 from caffe_ft.solver.signals import action_from_flag
 from caffe_ft.upgrade import read_net_text, read_solver_text
 
@@ -164,7 +164,8 @@ def test_action(flags: dict[str, Any], args: list[str]) -> int:
     scores = Scores(net)
     with torch.no_grad():
         for i in range(iterations):
-            for name, value in scores.add(net.forward()):
+            scores.add(net.forward())
+            for name, value in output_values(net):
                 logger.info("Batch %d, %s = %g", i, name, value)
     logger.info("Loss: %g", scores.mean_loss(iterations))
     for name, mean, weight in scores.means(iterations):

@@ -24,32 +24,33 @@ def output_values(net: Net) -> list[tuple[str, np.float32]]:
 
 
 class Scores:
-    """The running sums of one test."""
+    """The running sums of one test, kept where the net computes: a test
+    batch then never waits for the one before it to reach the host. They are
+    float32 adds in batch order either way, so the means are Caffe's."""
 
     def __init__(self, net: Net) -> None:
         self.net = net
-        self.loss = f32(0)
-        self.batches = 0
-        self._names: list[str] = []
-        self._sums: np.ndarray | None = None
+        self._loss: torch.Tensor | None = None
+        self._sums: dict[str, torch.Tensor] = {}  # output → its elements' sums
 
-    def add(self, loss: torch.Tensor | None) -> list[tuple[str, np.float32]]:
+    def add(self, loss: torch.Tensor | None) -> None:
         """Count the batch the net just ran (`loss`: what its forward returned,
-        None when the loss is not computed); returns the batch's output values."""
-        values = output_values(self.net)
-        batch = np.array([value for _, value in values], dtype=np.float32)
-        self._names = [name for name, _ in values]
-        self._sums = batch if self._sums is None else self._sums + batch
+        None when the loss is not computed)."""
+        for name, value in self.net.outputs().items():
+            flat = value.detach().reshape(-1).float()
+            total = self._sums.get(name)
+            # The first batch is copied: an output may be a blob the next batch overwrites.
+            self._sums[name] = flat.clone() if total is None else total + flat
         if loss is not None:
-            self.loss += f32(loss.item())
-        self.batches += 1
-        return values
+            loss = loss.detach().float()
+            self._loss = loss if self._loss is None else self._loss + loss
 
     def mean_loss(self, iterations: int) -> np.float32:
-        return self.loss / f32(iterations) if iterations else self.loss
+        total = f32(0) if self._loss is None else f32(self._loss.item())
+        return total / f32(iterations) if iterations else total
 
     def means(self, iterations: int) -> list[tuple[str, np.float32, float]]:
         """(output, mean over `iterations` batches, its loss weight) per output element."""
-        sums = self._sums if self._sums is not None else []
         return [(name, total / f32(iterations), self.net.loss_weight.get(name, 0.0))
-                for name, total in zip(self._names, sums)]
+                for name, sums in self._sums.items()
+                for total in sums.cpu().numpy().astype(np.float32)]

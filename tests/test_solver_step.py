@@ -218,3 +218,16 @@ def test_a_frozen_param_given_a_diff_joins_an_adaptive_update() -> None:
     assert any(frozen[0] in members for members in solver._update_groups(grads).values())
     grads[frozen[0]] = None
     assert not any(frozen[0] in members for members in solver._update_groups(grads).values())
+
+
+def test_a_test_reads_its_sums_once_not_per_batch(host_reads: list[str]) -> None:
+    """On a GPU a test batch does not wait for the one before it: the sums
+    stay on the device, and the host reads them when the test logs."""
+    counts = []
+    for batches in (2, 6):
+        solver = make_solver(f"test_iter: {batches} test_interval: 100 test_compute_loss: true",
+                             net=CONV_NET)
+        host_reads.clear()
+        solver.test_all()
+        counts.append(len(host_reads))
+    assert counts[0] == counts[1], host_reads

@@ -231,3 +231,12 @@ def test_a_test_reads_its_sums_once_not_per_batch(host_reads: list[str]) -> None
         solver.test_all()
         counts.append(len(host_reads))
     assert counts[0] == counts[1], host_reads
+
+
+def test_solve_reports_a_non_finite_loss_left_pending_without_display() -> None:
+    solver = make_solver("display: 0 max_iter: 3", net=CONV_NET)
+    solver.display_loss.lazy = True  # as on a GPU
+    solver.net.set_blob_data("data", torch.full((8, 5), float("nan")))
+    with captured_log() as messages:
+        solver.solve()
+    assert any(m.startswith("Iteration 0, loss = nan: the loss is not finite") for m in messages)

@@ -218,6 +218,7 @@ class Solver:
         with TrainingProgress(self.iter, param.max_iter) as self.progress:
             self.step(param.max_iter - self.iter)
         self.progress = None
+        self.display_loss.read()  # losses a GPU left pending: a non-finite one is reported
         if param.snapshot_after_train and (not param.snapshot or self.iter % param.snapshot):
             self.snapshot()
         if self.requested_early_exit:

@@ -193,12 +193,27 @@ def test_a_layer_range_that_cuts_the_chain_runs_it_layer_by_layer() -> None:
 
 
 @pytest.mark.parametrize("phase", [TRAIN, TEST], ids=["TRAIN", "TEST"])
-def test_fused_chain_under_autocast_is_bit_identical(phase: int) -> None:
-    """The solver's bf16 mode: the BatchNorm sees a bf16 convolution output
-    and the Scale promotes to float32; the chain follows autograd's dtypes."""
-    fused, unfused = build_pair(chain_net(), phase)
+@pytest.mark.parametrize("case", ["bn-scale-relu", "no-bias", "leaky", "no-relu"])
+def test_fused_chain_under_autocast_is_one_affine_batch_norm(case: str, phase: int) -> None:
+    """The solver's bf16 mode, where Caffe's float32 bits are not asked
+    for: the chain is one batch norm with the Scale as its affine, in the
+    bf16 of the convolution before it (layer by layer the Scale promotes
+    to float32), so every value is the layers' to bf16's precision."""
+    fused, unfused = build_pair(chain_net(**CASES[case]), phase)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert_identical(run(fused), run(unfused))
+        results, expected = run(fused), run(unfused)
+        assert fused.blob_data("conv").dtype == torch.bfloat16
+    assert results.keys() == expected.keys()
+    for key, value in expected.items():
+        got, want = results[key].flatten().float(), value.flatten().float()
+        if "diff" not in key:
+            # Values: bf16 keeps 8 bits, so a few of its steps of the blob's largest value.
+            assert (got - want).abs().max() <= 2 ** -6 * want.abs().max() + 1e-6, key
+        elif not (phase == TRAIN and key.endswith("paramdiff/conv/1")):
+            # Diffs through a batch norm's mean subtraction lose more bits
+            # either way: the same direction. (The conv bias's diff before a
+            # TRAIN batch norm is 0 but for rounding, in both.)
+            assert torch.cosine_similarity(got, want, dim=0) > 0.99, key
 
 
 def test_fused_chain_under_torch_compile_is_bit_identical() -> None:

@@ -82,8 +82,9 @@ class BatchNorm(Layer):
     def _one_value_per_channel(self, x: torch.Tensor) -> bool:
         return x.numel() // self.channels == 1
 
-    def _batch_buffers(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = torch.zeros(self.channels, dtype=x.dtype, device=x.device)
+    def _batch_buffers(self, x: torch.Tensor, dtype: torch.dtype | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.zeros(self.channels, dtype=dtype or x.dtype, device=x.device)
         return mean, torch.zeros_like(mean)
 
     def _accumulate(self, batch_mean: torch.Tensor, batch_var: torch.Tensor) -> None:
@@ -120,9 +121,11 @@ class BatchNorm(Layer):
                 tops = layer(*tops)
             return tops
         axis = _broadcast_axis(scale_layer, tuple(x.shape), tuple(params[0].shape), 1)
-        scale, *bias = (_broadcastable(p, x.dim(), axis) for p in params)
         slope = chain[1].param.relu_param.negative_slope if len(chain) > 1 else None
         eps = self.param.batch_norm_param.eps
+        if torch.is_autocast_enabled(x.device.type):
+            return [self._affine_chain(x, params, slope, eps)]
+        scale, *bias = (_broadcastable(p, x.dim(), axis) for p in params)
         if self.use_global_stats:
             mean, var = self._global_stats()
             return [_BatchNormScaleReLU.apply(x, scale, bias[0] if bias else None, mean, var,
@@ -132,6 +135,27 @@ class BatchNorm(Layer):
                                         batch_var, True, eps, slope)
         self._accumulate(batch_mean, batch_var)
         return [top]
+
+
+    def _affine_chain(self, x: torch.Tensor, params: Sequence[torch.Tensor],
+                      slope: float | None, eps: float) -> torch.Tensor:
+        """The chain under autocast (the solver's bf16 and fp16 modes), where
+        no one expects Caffe's float32 bits: one batch norm with the Scale as
+        its affine (cuDNN's fused kernel on a GPU, in x's dtype), then the
+        ReLU in place, as a handwritten module runs it. The running sums are
+        Caffe's, from float32 batch statistics."""
+        weight, bias = params[0].reshape(-1), params[1].reshape(-1) if len(params) > 1 else None
+        if self.use_global_stats:
+            top = F.batch_norm(x, *self._global_stats(), weight, bias, training=False, eps=eps)
+        else:
+            # Statistics in the affine's float32, as the mixed-dtype kernels want them.
+            batch_mean, batch_var = self._batch_buffers(x, weight.dtype)
+            top = F.batch_norm(x, batch_mean, batch_var, weight, bias, training=True,
+                               momentum=1.0, eps=eps)
+            self._accumulate(batch_mean, batch_var)
+        if slope is None:
+            return top
+        return torch.relu_(top) if slope == 0 else F.leaky_relu_(top, slope)
 
 
 class _BatchNormScaleReLU(torch.autograd.Function):

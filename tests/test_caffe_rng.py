@@ -266,3 +266,29 @@ def test_a_generator_state_read_wrongly_is_refused(monkeypatch) -> None:
     finally:
         global_rng._check_layout.cache_clear()
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("steps", [
+    [("take", 5)],
+    [("take", 3), ("peek", 10), ("take", 4), ("take", 20)],
+    [("peek", 2), ("take", 2), ("take", 7), ("peek", 1), ("take", 1)],
+    [("take", 1), ("peek", 5000), ("take", 4999), ("take", 3), ("peek", 2)],
+])
+def test_cursor_consumes_exactly_the_draws_taken(steps: list[tuple[str, int]]) -> None:
+    """Exact takes read the engine directly, peeks read ahead; either way
+    the draws come in stream order and the engine after the cursor stands
+    right past the draws taken."""
+    reference = CaffeRNG(77)
+    ours = cursor(77)
+    taken = 0
+    for kind, n in steps:
+        if kind == "take":
+            assert list(ours.take(n)) == [reference.raw() for _ in range(n)]
+            taken += n
+        else:
+            assert len(ours.peek(n)) >= n
+    after = RawCursor(ours.engine_after())
+    fresh = CaffeRNG(77)
+    for _ in range(taken):
+        fresh.raw()
+    assert list(after.take(5)) == [fresh.raw() for _ in range(5)]

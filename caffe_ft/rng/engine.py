@@ -28,10 +28,12 @@ def init_genrand(seed: int) -> np.ndarray:
     return key
 
 
-def engine_at(key: np.ndarray, position: int) -> np.random.MT19937:
+def engine_at(key: np.ndarray, position: int,
+              engine: np.random.MT19937 | None = None) -> np.random.MT19937:
     """An engine whose next draw is word `position` of `key` (624: the
-    state is regenerated first, as right after seeding)."""
-    engine = np.random.MT19937(0)
+    state is regenerated first, as right after seeding): `engine` set
+    there, or a new one."""
+    engine = np.random.MT19937(0) if engine is None else engine
     engine.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": position}}
     return engine
 
@@ -45,7 +47,10 @@ class RawCursor:
 
     def __init__(self, engine: np.random.MT19937) -> None:
         self._engine = engine
-        self._start: dict[str, Any] = engine.state
+        # Where the engine stood before its first read ahead, and the draws
+        # consumed by then: engine_after replays from there. Read when first
+        # needed: a state read costs more than a small sampler's draws.
+        self._start: tuple[dict[str, Any], int] | None = None
         self._ahead = np.empty(0, np.uint32)
         self._next = 0
         self.consumed = 0
@@ -53,12 +58,18 @@ class RawCursor:
     def peek(self, n: int) -> np.ndarray:
         """The next n draws (at least), without consuming them."""
         if len(self._ahead) - self._next < n:
+            if self._start is None:
+                self._start = (self._engine.state, self.consumed + len(self._ahead) - self._next)
             fresh = self._engine.random_raw(max(n, _BLOCK)).astype(np.uint32)
             self._ahead = np.concatenate([self._ahead[self._next:], fresh])
             self._next = 0
         return self._ahead[self._next:]
 
     def take(self, n: int) -> np.ndarray:
+        if self._next == len(self._ahead):
+            # Nothing read ahead: exactly n draws, so the engine needs no replay.
+            self.consumed += n
+            return self._engine.random_raw(n).astype(np.uint32)
         draws = self.peek(n)[:n]
         self._next += n
         self.consumed += n
@@ -69,11 +80,14 @@ class RawCursor:
 
     def engine_after(self) -> np.random.MT19937:
         if self._next == len(self._ahead):
-            return self._engine  # nothing was read ahead
-        # MT19937 cannot step back over the draws read ahead: replay from the start.
+            return self._engine  # nothing read ahead is left unconsumed
+        # MT19937 cannot step back over the draws read ahead: replay from
+        # where it stood before the first read ahead.
+        assert self._start is not None
+        start, consumed_before = self._start
         engine = np.random.MT19937(0)
-        engine.state = self._start
-        skip = self.consumed
+        engine.state = start
+        skip = self.consumed - consumed_before
         while skip:
             step = min(skip, _REPLAY)  # in blocks: the draws are dropped
             engine.random_raw(step)

@@ -61,17 +61,27 @@ def caffe_rng() -> Iterator[RawCursor]:
         yield stream
 
 
+# Engines lent to the blocks and taken back: making an MT19937 costs more
+# than the draws of a Dropout layer on a small batch.
+_SPARE_ENGINES: list[np.random.MT19937] = []
+
+
 @contextlib.contextmanager
 def _cursor() -> Iterator[RawCursor]:
     state, key = _read_state()
     # torch regenerates when `left` counts down to 0: after k draws of a
     # block it holds 625 - k, the position numpy's engine calls k.
     left = int(state[_LEFT].view(np.int32)[0])
-    cursor = RawCursor(engine_at(key, STATE_WORDS + 1 - left))
-    yield cursor
-    if not cursor.consumed:
-        return
-    after = cursor.engine_after().state["state"]
+    engine = engine_at(key, STATE_WORDS + 1 - left,
+                       _SPARE_ENGINES.pop() if _SPARE_ENGINES else None)
+    try:
+        cursor = RawCursor(engine)
+        yield cursor
+        if not cursor.consumed:
+            return
+        after = cursor.engine_after().state["state"]
+    finally:
+        _SPARE_ENGINES.append(engine)
     position = int(after["pos"])
     state[_WORDS] = np.asarray(after["key"], np.uint64).view(np.uint8)
     state[_LEFT] = np.array([STATE_WORDS + 1 - position], np.int32).view(np.uint8)

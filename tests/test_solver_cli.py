@@ -140,3 +140,26 @@ def test_signal_handler_reports_each_signal_once() -> None:
         assert [handler.check() for _ in range(3)] == \
             [SolverAction.SNAPSHOT, SolverAction.STOP, SolverAction.NONE]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("message, shown", [
+    ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139.81 "
+     "GiB of which 1.19 GiB is free.", " (tried to allocate 2.00 GiB)"),
+    ("out of memory", "")])
+def test_a_device_out_of_memory_is_one_line(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture, message: str,
+                                            shown: str) -> None:
+    """A batch too large for the GPU ends train with one line that says what
+    to change (no GPU here: the allocator's error is raised in its place)."""
+    from caffe_ft.solver import Solver
+
+    def exhausted(self: Solver, resume_file: str | None = None) -> None:
+        raise torch.cuda.OutOfMemoryError(message)
+    monkeypatch.setattr(Solver, "solve", exhausted)
+    monkeypatch.chdir(model_dir)
+    assert main(["train", "-solver", "solver.prototxt"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"caffe_ft train: out of memory on the device{shown}; lower the data "
+                       "layers' batch_size (with iter_size to keep the effective batch), or "
+                       "train with -precision bf16")
+    assert not any("Traceback" in line for line in err)

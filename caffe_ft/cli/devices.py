@@ -1,6 +1,12 @@
 """Which device an action runs on: Caffe's -gpu flag as device ids, and the
-torch device of the first, with Caffe's log lines."""
+torch device of the first, with Caffe's log lines; and the one-line error
+of a device that runs out of memory."""
 from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -34,3 +40,24 @@ def device_for(ids: list[int]) -> torch.device:
         return torch.device("cuda", ids[0])
     logger.info("Use CPU.")
     return torch.device("cpu")
+
+
+Action = TypeVar("Action", bound=Callable[..., int])
+
+
+def out_of_memory_is_an_error(action: Action) -> Action:
+    """A run that exhausts its device's memory (a batch too large for the
+    GPU, most often) ends with one line, as Caffe's failed CUDA check ends
+    it, not with torch's allocator traceback."""
+    @functools.wraps(action)
+    def run(*args: object, **kwargs: object) -> int:
+        try:
+            return action(*args, **kwargs)
+        except torch.cuda.OutOfMemoryError as err:
+            tried = re.search(r"[Tt]ried to allocate ([\d.]+ \w+)", str(err))
+            raise CaffeError(
+                "out of memory on the device" + (f" (tried to allocate {tried[1]})" if tried
+                                                 else "") +
+                "; lower the data layers' batch_size (with iter_size to keep the effective "
+                "batch), or train with -precision bf16") from None
+    return run  # type: ignore[return-value]

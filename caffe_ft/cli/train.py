@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from caffe_ft.cli.devices import device_for, gpu_ids
+from caffe_ft.cli.devices import device_for, gpu_ids, out_of_memory_is_an_error
 from caffe_ft.cli.flags import flag_arguments
 from caffe_ft.cli.timing import time_net
 from caffe_ft.errors import CaffeError, UsageError
@@ -46,6 +46,7 @@ def _net(flags: dict[str, Any], phase: int) -> tuple[Net, torch.device]:
 
 
 # -- train ------------------------------------------------------------------
+@out_of_memory_is_an_error
 def train_action(flags: dict[str, Any], args: list[str]) -> int:
     _check_train_flags(flags)
     setup_logging()
@@ -151,6 +152,7 @@ def _solve(solver: Solver, world_size: int) -> None:
 
 
 # -- test -------------------------------------------------------------------
+@out_of_memory_is_an_error
 def test_action(flags: dict[str, Any], args: list[str]) -> int:
     if not flags["model"]:
         raise UsageError("Need a model definition to score.")
@@ -174,6 +176,7 @@ def test_action(flags: dict[str, Any], args: list[str]) -> int:
 
 
 # -- time -------------------------------------------------------------------
+@out_of_memory_is_an_error
 def time_action(flags: dict[str, Any], args: list[str]) -> int:
     if not flags["model"]:
         raise UsageError("Need a model definition to time.")

@@ -75,9 +75,9 @@ def _class_labels(layer: Layer, label: torch.Tensor, classes: int, ignore: int |
     return torch.where(valid, index, torch.zeros_like(index)), valid
 
 
-def _all_count(index: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """The valid mask, all true where no label is ignored."""
-    return torch.ones_like(index, dtype=torch.bool) if valid is None else valid
+def _valid_mask(like: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """The valid mask of labels shaped `like`: all true where none is ignored."""
+    return torch.ones_like(like, dtype=torch.bool) if valid is None else valid
 
 
 class _LossLayer(Layer):
@@ -228,7 +228,7 @@ class Accuracy(Layer):
             scores = x.reshape(outer, classes, inner)
             ignore = p.ignore_label if p.HasField("ignore_label") else None
             index, valid = _class_labels(self, label, classes, ignore)
-            valid = _all_count(index, valid).reshape(outer, inner)
+            valid = _valid_mask(index, valid).reshape(outer, inner)
             index = index.reshape(outer, inner)
             true_score = scores.gather(1, index.unsqueeze(1))
             # The true class itself is among those >= its score, hence the - 1.
@@ -329,15 +329,12 @@ class SigmoidCrossEntropyLoss(_LossLayer):
     def forward(self, x: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
         target = target.detach().reshape(x.shape)
         ignore = self._ignore_label()
-        if ignore is None:
-            valid = torch.ones_like(target, dtype=torch.bool)
-            counted = None
-        else:
-            valid = counted = target.to(torch.int64) != ignore
+        valid = None if ignore is None else target.to(torch.int64) != ignore
         outer = int(x.shape[0])
         normalizer = _normalizer(self.normalization, outer, x.numel() // max(outer, 1),
-                                 counted, x.device)
-        return [_SigmoidCrossEntropyFunction.apply(x, target, valid, normalizer)]
+                                 valid, x.device)
+        return [_SigmoidCrossEntropyFunction.apply(x, target, _valid_mask(target, valid),
+                                                   normalizer)]
 
 
 # -- HingeLoss -------------------------------------------------------------------
@@ -436,7 +433,7 @@ class InfogainLoss(_LossLayer):
         normalizer = _normalizer(self.param.loss_param.normalization, outer, inner, valid,
                                  x.device)
         loss, prob = _InfogainFunction.apply(x.reshape(outer, classes, inner), index,
-                                             _all_count(index, valid),
+                                             _valid_mask(index, valid),
                                              infogain.to(x.dtype), normalizer)
         return [loss, prob.reshape(x.shape)][:self.num_tops]
 

@@ -100,9 +100,10 @@ class ConvGeometry:
         return tuple(s * (n - 1) + e - 2 * p
                      for n, p, e, s in zip(spatial, self.pad, self.extent, self.stride))
 
-    def right_pad(self, spatial: Sequence[int], out: Sequence[int]) -> tuple[int, ...]:
-        """Right padding (negative: crop) after which `out` windows tile each
-        axis exactly, the last one ending where Caffe's does."""
+    def right_pad(self, spatial: Sequence[int]) -> tuple[int, ...]:
+        """Right padding (negative: crop) after which the output's windows
+        tile each axis exactly, the last one ending where Caffe's does."""
+        out = self.conv_output(spatial)
         return tuple((o - 1) * s + e - p - n
                      for n, o, p, e, s in zip(spatial, out, self.pad, self.extent, self.stride))
 
@@ -255,7 +256,7 @@ class Convolution(_ConvolutionBase):
         spatial = tuple(x.shape[2:])
         conv = _CONV.get(len(spatial))
         if conv is None:
-            right = g.right_pad(spatial, g.conv_output(spatial))
+            right = g.right_pad(spatial)
             return _conv_generic(x, weight, bias, g.stride, g.pad, right, g.dilation, groups)
         pad, explicit = _conv_padding(g, spatial)
         if explicit is not None:
@@ -269,7 +270,7 @@ def _conv_padding(g: ConvGeometry, spatial: tuple[int, ...]
     """(the convolution's padding, an F.pad argument to apply first or None)
     for an input of this size; worked out once per geometry and size, as a
     pass would otherwise redo it for every convolution."""
-    right = g.right_pad(spatial, g.conv_output(spatial))
+    right = g.right_pad(spatial)
     if any(r > p for r, p in zip(right, g.pad)):
         # An input shorter than one kernel extent: Caffe still computes
         # one output, reading the cells past the input as zeros.
@@ -348,7 +349,7 @@ class Im2col(Layer):
         lead = x.shape[:axis]
         x = x.reshape(math.prod(lead), *x.shape[axis:])
         spatial = x.shape[2:]
-        right = g.right_pad(spatial, g.conv_output(spatial))
+        right = g.right_pad(spatial)
         cols = _im2col(x, g.kernel, g.stride, g.pad, right, g.dilation)
         return [cols.reshape(*lead, *cols.shape[1:])]
 
@@ -548,9 +549,10 @@ class Pooling(Layer):
             raise self.error("With Global_pooling: true; only pad = 0 and stride = 1")
         self.kernel = (p.kernel_size, p.kernel_size) if has_size else (p.kernel_h, p.kernel_w)
         _check_4d(self, tuple(bottom_shapes[0]))
-        _check_pool(self, self.geometry(bottom_shapes[0]))
+        geometry = self.geometry(bottom_shapes[0])
+        _check_pool(self, geometry)
         # Only a global pooling's geometry follows the input's size.
-        self._fixed_geometry = None if p.global_pooling else self.geometry(bottom_shapes[0])
+        self._fixed_geometry = None if p.global_pooling else geometry
 
     def geometry(self, shape: Shape) -> PoolGeometry:
         p = self.param.pooling_param

@@ -357,9 +357,7 @@ class Net(nn.Module):
                 pass  # a blob no layer has written yet: blob_data makes it
         bottoms = []
         for name, detach in zip(self.bottom_names[index], self.bottom_detach[index]):
-            value = values.get(name)
-            if value is None:
-                value = self.blob_data(name)
+            value = self.blob_data(name)
             if leaves:
                 # The layer's own leaf, so its backward can run by itself; the
                 # plan (not the value's history: a replay may read a blob no

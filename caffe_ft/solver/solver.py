@@ -112,8 +112,9 @@ class Solver:
                         for _ in range(self.rule.history_sets)]
         self._local_decay = [float(f32(param.weight_decay) * f32(p.decay_mult))
                              for p in self.params]
-        self._skippable = self._frozen_params()
+        self._skippable: set[int] = set()
         self._groups: tuple[tuple[bool, ...], dict[tuple[float, float], list[int]]] | None = None
+        self._find_frozen_params()
         self.display_loss = DisplayLoss(param.average_loss, self.divergence,
                                         lazy=self.device.type != "cpu")
         self._progress_due = 0.0
@@ -201,8 +202,7 @@ class Solver:
                 raise CaffeError(f"{state_file}: history blob {i} ({owner.display_name}) has "
                                  f"{saved.size} values, the param has {blob.numel()}")
             blob.copy_(torch.from_numpy(saved.reshape(tuple(blob.shape))))
-        self._skippable = self._frozen_params()
-        self._groups = None
+        self._find_frozen_params()
 
     # -- training ---------------------------------------------------------
     def solve(self, resume_file: str | None = None) -> None:
@@ -352,12 +352,12 @@ class Solver:
         self.net.mirrors.pull()
         self.iter += 1
 
-    def _frozen_params(self) -> set[int]:
-        """Params the update may skip: lr_mult 0 with a zero history, which
-        Caffe's rule at rate 0 leaves at zero (SGD, Nesterov: h = m·0 + 0·g,
-        for any finite diff; the adaptive rules only when no decay and no
-        diff feed their history). Checked at start and after a restore, not
-        per iteration."""
+    def _find_frozen_params(self) -> None:
+        """The params the update may skip: lr_mult 0 with a zero history,
+        which Caffe's rule at rate 0 leaves at zero (SGD, Nesterov: h = m·0 +
+        0·g, for any finite diff; the adaptive rules only when no decay and no
+        diff feed their history). Found at start and after a restore, not per
+        iteration; the update groups are then formed afresh."""
         frozen = set()
         for i, p in enumerate(self.params):
             if p.lr_mult != 0 or self.param.snapshot_diff:
@@ -366,7 +366,8 @@ class Solver:
                 continue
             if all(not bool(blobs[i].any()) for blobs in self.history):
                 frozen.add(i)
-        return frozen
+        self._skippable = frozen
+        self._groups = None
 
     def _update_groups(self, grads: list[torch.Tensor | None]
                        ) -> dict[tuple[float, float], list[int]]:
@@ -375,7 +376,7 @@ class Solver:
         diff (written by force_backward or from Python) into its history.
         Kept while that question has the same answers: every update asks."""
         joins = () if self.rule.rate_scales_history else \
-            tuple(grads[i] is not None for i in sorted(self._skippable))
+            tuple(grads[i] is not None for i in self._skippable)
         if self._groups is None or self._groups[0] != joins:
             groups: dict[tuple[float, float], list[int]] = {}
             for i, p in enumerate(self.params):
